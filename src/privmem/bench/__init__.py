@@ -1,0 +1,1 @@
+"""Benchmarks: they print figures and write JSON; none of them is a test."""

@@ -1,0 +1,145 @@
+"""Pending conversions: a guest asks, the VMM completes or aborts."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass
+
+from ..attrs.ranges import MemoryAttributes
+from ..attrs.validate import ATTR_PRIVATE, check_range
+from ..errors import Busy, InvalidState
+from ..units import PAGE_SHIFT
+
+
+@dataclass(frozen=True)
+class Request:
+    """A guest's request to convert ``[gpa, gpa + size)``, in flight until completed or aborted."""
+
+    id: int
+    gpa: int
+    size: int
+    private: bool
+    vcpu: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+    @property
+    def attributes(self) -> int:
+        return ATTR_PRIVATE if self.private else 0
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A committed request.  ``changed`` lists, ascending, exactly the ``(gpa, size)``
+    sub-ranges whose state changed: what a discard policy must act on."""
+
+    request: Request
+    changed: tuple[tuple[int, int], ...]
+
+    @property
+    def to_private(self) -> bool:
+        return self.request.private
+
+    @property
+    def pages_changed(self) -> int:
+        return sum(size for _, size in self.changed) >> PAGE_SHIFT
+
+
+class ConversionTracker:
+    """Owns the pending state of conversions on top of a ``MemoryAttributes`` store.
+
+    The seed's design for software-protected VMs: a guest hypercall marks a range
+    pending; the VMM completes the transaction (attributes change atomically) or aborts
+    it (nothing changes).  A request overlapping one still in flight raises ``Busy``,
+    the EAGAIN a guest retries on.
+
+    Invariants (``check()``): in-flight requests are pairwise disjoint; each has a valid
+    page range; the store's own invariants hold.  All methods are thread-safe: vCPU
+    threads share one tracker, and it is the only writer of its store.
+    """
+
+    def __init__(self, store: MemoryAttributes):
+        self.store = store
+        self._inflight: dict[int, Request] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def request(self, gpa: int, size: int, private: bool, vcpu: int = 0) -> Request:
+        check_range(gpa, size)
+        end = gpa + size
+        with self._lock:
+            for other in self._inflight.values():
+                if other.gpa < end and gpa < other.end:
+                    raise Busy(f"[{gpa:#x}, {end:#x}) overlaps request {other.id} of vCPU {other.vcpu} "
+                               f"[{other.gpa:#x}, {other.end:#x}) still in flight")
+            request = Request(next(self._ids), gpa, size, bool(private), vcpu)
+            self._inflight[request.id] = request
+            return request
+
+    def complete(self, request: Request) -> Conversion:
+        with self._lock:
+            self._take(request, "complete")
+            changed = self._changed(request)
+            if changed:
+                self.store.set(request.gpa, request.size, request.attributes)
+            return Conversion(request, changed)
+
+    def abort(self, request: Request) -> None:
+        with self._lock:
+            self._take(request, "abort")
+
+    def convert(self, gpa: int, size: int, private: bool, vcpu: int = 0) -> Conversion:
+        """Request and complete in one step (the VMM's fast path when nothing can fail between)."""
+        return self.complete(self.request(gpa, size, private, vcpu))
+
+    def pending(self, gpa: int, size: int) -> bool:
+        check_range(gpa, size)
+        end = gpa + size
+        with self._lock:
+            return any(r.gpa < end and gpa < r.end for r in self._inflight.values())
+
+    def in_flight(self) -> list[Request]:
+        with self._lock:
+            return sorted(self._inflight.values(), key=lambda r: r.id)
+
+    def _take(self, request: Request, verb: str) -> None:
+        if self._inflight.pop(request.id, None) is None:
+            raise InvalidState(f"cannot {verb} request {request.id}: it is not in flight "
+                               "(already completed or aborted)")
+
+    def _changed(self, request: Request) -> tuple[tuple[int, int], ...]:
+        """Sub-ranges of the request whose attributes differ from the target."""
+        target, cursor, out = request.attributes, request.gpa, []
+        for gpa, size, attributes in self.store.ranges(request.gpa, request.size):
+            if target == 0:
+                out.append((gpa, size))
+                continue
+            if gpa > cursor:
+                out.append((cursor, gpa - cursor))
+            if attributes != target:
+                out.append((gpa, size))
+            cursor = gpa + size
+        if target and cursor < request.end:
+            out.append((cursor, request.end - cursor))
+        return tuple(_coalesce(out))
+
+    def check(self) -> None:
+        with self._lock:
+            live = sorted(self._inflight.values(), key=lambda r: r.gpa)
+            for a, b in zip(live, live[1:]):
+                if a.end > b.gpa:
+                    raise AssertionError(f"in-flight requests {a.id} and {b.id} overlap")
+            self.store.check()
+
+
+def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for gpa, size in ranges:
+        if out and out[-1][0] + out[-1][1] == gpa:
+            out[-1] = (out[-1][0], out[-1][1] + size)
+        else:
+            out.append((gpa, size))
+    return out
