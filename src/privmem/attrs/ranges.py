@@ -70,15 +70,30 @@ class MemoryAttributes:
         """Yield ``(address, size, attributes)`` for each stored run inside the window,
         ascending and clipped to it.  Runs are maximal (coalesced) by construction."""
         first, end = check_window(address, size)
+        for lo, hi, value in self.page_runs(first, end):
+            yield lo << PAGE_SHIFT, (hi - lo) << PAGE_SHIFT, value
+
+    # -- page-level API: gfn arguments, trusted (validated where they entered) --------
+
+    def page_runs(self, first: int, end: int) -> Iterator[tuple[int, int, int]]:
+        """``(first gfn, end gfn, attributes)`` of each run inside ``[first, end)``, clipped."""
         bounds, attrs = self._bounds, self._attrs
         run = bisect_right(bounds, first) >> 1
-        while run < len(attrs):
-            start, stop = bounds[2 * run], bounds[2 * run + 1]
+        count = len(attrs)
+        while run < count:
+            start = bounds[2 * run]
             if start >= end:
                 break
-            lo, hi = max(start, first), min(stop, end)
-            yield lo << PAGE_SHIFT, (hi - lo) << PAGE_SHIFT, attrs[run]
+            stop = bounds[2 * run + 1]
+            yield (start if start > first else first), (stop if stop < end else end), attrs[run]
             run += 1
+
+    def assign_pages(self, first: int, end: int, attributes: int) -> bool:
+        """Set ``[first, end)`` to ``attributes`` (already validated); False if nothing changed."""
+        if self._uniform(first, end, attributes):
+            return False
+        self._assign(first, end, attributes)
+        return True
 
     def pages(self, attributes: int) -> int:
         """Number of pages (of the whole 2**64 space) whose attributes equal ``attributes``."""
@@ -110,9 +125,7 @@ class MemoryAttributes:
         when the range already has exactly these attributes (the kernel's no-op path).
         """
         first, end = check_set(address, size, attributes, flags, self.supported)
-        if self._uniform(first, end, attributes):
-            return
-        self._assign(first, end, attributes)
+        self.assign_pages(first, end, attributes)
 
     def _assign(self, first: int, end: int, attributes: int) -> None:
         bounds, attrs = self._bounds, self._attrs

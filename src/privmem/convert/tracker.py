@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..attrs.ranges import MemoryAttributes
 from ..attrs.validate import ATTR_PRIVATE, check_range
@@ -12,8 +12,7 @@ from ..errors import Busy, InvalidState
 from ..units import PAGE_SHIFT
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """A guest's request to convert ``[gpa, gpa + size)``, in flight until completed or aborted."""
 
     id: int
@@ -31,8 +30,7 @@ class Request:
         return ATTR_PRIVATE if self.private else 0
 
 
-@dataclass(frozen=True)
-class Conversion:
+class Conversion(NamedTuple):
     """A committed request.  ``changed`` lists, ascending, exactly the ``(gpa, size)``
     sub-ranges whose state changed: what a discard policy must act on."""
 
@@ -54,7 +52,8 @@ class ConversionTracker:
     The seed's design for software-protected VMs: a guest hypercall marks a range
     pending; the VMM completes the transaction (attributes change atomically) or aborts
     it (nothing changes).  A request overlapping one still in flight raises ``Busy``,
-    the EAGAIN a guest retries on.
+    the EAGAIN a guest retries on.  Pending ranges are kept beside the store, not in it:
+    in flight there are at most a few (one per vCPU), so a scan beats a second index.
 
     Invariants (``check()``): in-flight requests are pairwise disjoint; each has a valid
     page range; the store's own invariants hold.  All methods are thread-safe: vCPU
@@ -72,7 +71,7 @@ class ConversionTracker:
         end = gpa + size
         with self._lock:
             for other in self._inflight.values():
-                if other.gpa < end and gpa < other.end:
+                if other.gpa < end and gpa < other.gpa + other.size:
                     raise Busy(f"[{gpa:#x}, {end:#x}) overlaps request {other.id} of vCPU {other.vcpu} "
                                f"[{other.gpa:#x}, {other.end:#x}) still in flight")
             request = Request(next(self._ids), gpa, size, bool(private), vcpu)
@@ -82,9 +81,11 @@ class ConversionTracker:
     def complete(self, request: Request) -> Conversion:
         with self._lock:
             self._take(request, "complete")
-            changed = self._changed(request)
+            first, end = request.gpa >> PAGE_SHIFT, (request.gpa + request.size) >> PAGE_SHIFT
+            target = ATTR_PRIVATE if request.private else 0
+            changed = self._changed(first, end, target)
             if changed:
-                self.store.set(request.gpa, request.size, request.attributes)
+                self.store.assign_pages(first, end, target)
             return Conversion(request, changed)
 
     def abort(self, request: Request) -> None:
@@ -110,21 +111,28 @@ class ConversionTracker:
             raise InvalidState(f"cannot {verb} request {request.id}: it is not in flight "
                                "(already completed or aborted)")
 
-    def _changed(self, request: Request) -> tuple[tuple[int, int], ...]:
-        """Sub-ranges of the request whose attributes differ from the target."""
-        target, cursor, out = request.attributes, request.gpa, []
-        for gpa, size, attributes in self.store.ranges(request.gpa, request.size):
-            if target == 0:
-                out.append((gpa, size))
-                continue
-            if gpa > cursor:
-                out.append((cursor, gpa - cursor))
-            if attributes != target:
-                out.append((gpa, size))
-            cursor = gpa + size
-        if target and cursor < request.end:
-            out.append((cursor, request.end - cursor))
-        return tuple(_coalesce(out))
+    def _changed(self, first: int, end: int, target: int) -> tuple[tuple[int, int], ...]:
+        """Byte sub-ranges of the gfn range whose attributes differ from ``target``, coalesced."""
+        pages: list[tuple[int, int]] = []
+        cursor = first
+        for lo, hi, value in self.store.page_runs(first, end):
+            if target:
+                if lo > cursor:
+                    pages.append((cursor, lo))
+                if value != target:
+                    pages.append((lo, hi))
+                cursor = hi
+            else:
+                pages.append((lo, hi))
+        if target and cursor < end:
+            pages.append((cursor, end))
+        out: list[tuple[int, int]] = []
+        for lo, hi in pages:
+            if out and out[-1][1] == lo:
+                out[-1] = (out[-1][0], hi)
+            else:
+                out.append((lo, hi))
+        return tuple((lo << PAGE_SHIFT, (hi - lo) << PAGE_SHIFT) for lo, hi in out)
 
     def check(self) -> None:
         with self._lock:
@@ -133,13 +141,3 @@ class ConversionTracker:
                 if a.end > b.gpa:
                     raise AssertionError(f"in-flight requests {a.id} and {b.id} overlap")
             self.store.check()
-
-
-def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for gpa, size in ranges:
-        if out and out[-1][0] + out[-1][1] == gpa:
-            out[-1] = (out[-1][0], out[-1][1] + size)
-        else:
-            out.append((gpa, size))
-    return out
