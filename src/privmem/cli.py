@@ -40,6 +40,19 @@ def cmd_bench_store(args) -> int:
     return 0
 
 
+def cmd_bench_flipflop(args) -> int:
+    from .bench import flipflop
+
+    console = _console()
+    results = flipflop.run(args.flips)
+    console.print(flipflop.table(results))
+    for line in flipflop.headline(results):
+        console.print(line)
+    _write_json(args.json_out, flipflop.as_json(results))
+    console.print(f"JSON written to {args.json_out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="privmem", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_store.add_argument("--no-pagemap", action="store_true", help="skip the per-page map")
     bench_store.add_argument("--json-out", default="privmem-bench-store.json", help="where to write results")
     bench_store.set_defaults(handler=cmd_bench_store)
+    bench_flip = bench_kinds.add_parser("flipflop", help="one page converted back and forth under every policy")
+    bench_flip.add_argument("--flips", type=int, default=10_000, help="round trips (default 10,000)")
+    bench_flip.add_argument("--json-out", default="privmem-bench-flipflop.json", help="where to write results")
+    bench_flip.set_defaults(handler=cmd_bench_flipflop)
     bench.set_defaults(handler=lambda args: cmd_bench_store(bench_store.parse_args([])))
     return parser
 

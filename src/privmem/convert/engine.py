@@ -1,0 +1,204 @@
+"""The conversion engine: commits conversions and runs the discard policy's decisions."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from ..attrs.validate import ATTR_PRIVATE, check_range
+from ..errors import InvalidState, SyscallError
+from .held import HELD_PRIVATE, HELD_SHARED, SIDES, HeldMemory
+from .policies import DISCARD, Policy
+from .tracker import Conversion, ConversionTracker, Request
+
+
+@dataclass
+class EngineStats:
+    conversions: int = 0            # committed requests that changed at least one page
+    pages_converted: int = 0
+    discards: int = 0               # discard syscalls issued (successful)
+    discarded_bytes: int = 0
+    discard_failures: int = 0       # failed discard syscalls; their ranges are held and retried
+    reclaimed_bytes: int = 0        # held memory brought back into use by a flip back: no cost
+    double_allocated_bytes: int = 0  # held memory: left behind by a conversion, not yet discarded
+    peak_double_allocated_bytes: int = 0
+    queued_bytes: int = 0           # held memory the policy will discard later
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class ConversionEngine:
+    """Takes conversions through the tracker and applies a discard policy to what they leave.
+
+    Backings are addressed by offset = gpa (guest memory starts at GPA 0 in both files).
+    ``commit_hooks`` run between request and completion (the VMM's KVM_SET_MEMORY_ATTRIBUTES,
+    where the host has it); if one raises, the request is aborted and nothing changes.
+
+    Concurrency: ``request`` happens outside the engine lock, so overlapping vCPUs get
+    ``Busy``; completion, bookkeeping and the discard syscalls run under the lock, so a
+    drain never punches a page another vCPU is bringing back into use.
+
+    Invariants (``check()``): the tracker's and the held memory's; ``stats.double_allocated_bytes``
+    equals the held bytes and never exceeds ``stats.peak_double_allocated_bytes``.
+    """
+
+    def __init__(self, tracker: ConversionTracker, policy: Policy, shared, private,
+                 clock: Callable[[], float] = time.monotonic,
+                 commit_hooks: list[Callable[[Request], None]] | None = None):
+        self.tracker = tracker
+        self.store = tracker.store
+        self.policy = policy
+        self.backings = {HELD_SHARED: shared, HELD_PRIVATE: private}
+        self.clock = clock
+        self.commit_hooks = list(commit_hooks or [])
+        self.stats = EngineStats()
+        self.held = HeldMemory(track_age=policy.drains)
+        self.launched = False
+        self._retry: list[tuple[int, int, int]] = []
+        self._lock = threading.Lock()
+
+    # -- conversions -----------------------------------------------------------------
+
+    def convert(self, gpa: int, size: int, to_private: bool, vcpu: int = 0) -> Conversion:
+        """Convert a range; raises ``Busy`` if it overlaps a conversion in flight."""
+        request = self.tracker.request(gpa, size, to_private, vcpu)
+        with self._lock:
+            try:
+                for hook in self.commit_hooks:
+                    hook(request)
+            except BaseException:
+                self.tracker.abort(request)
+                raise
+            conversion = self.tracker.complete(request)
+            if conversion.changed:
+                self._account(conversion)
+            return conversion
+
+    def _account(self, conversion: Conversion) -> None:
+        now = self.clock()
+        entered, left = (HELD_PRIVATE, HELD_SHARED) if conversion.to_private else (HELD_SHARED, HELD_PRIVATE)
+        stats = self.stats
+        stats.conversions += 1
+        stats.pages_converted += conversion.pages_changed
+        discards = self._take_retries() if self._retry else []
+        for gpa, size in conversion.changed:
+            reclaimed = self.held.reclaim(gpa, size, entered)
+            stats.reclaimed_bytes += reclaimed
+            self.policy.entered(gpa, size, reclaimed)
+            for piece_gpa, piece_size, verdict in self.policy.left_behind(left, gpa, size):
+                if verdict == DISCARD:
+                    discards.append((piece_gpa, piece_size, left))
+                else:
+                    self.held.hold(piece_gpa, piece_size, left, now)
+        discards += self.policy.drain(self.held, now)
+        self._discard(discards, now)
+
+    def _discard(self, runs: list[tuple[int, int, int]], now: float) -> None:
+        stats = self.stats
+        for gpa, size, side in runs:
+            try:
+                self.backings[side].discard(gpa, size)
+            except SyscallError:
+                # The conversion stays committed; the memory stays held and is retried later.
+                stats.discard_failures += 1
+                self.held.hold(gpa, size, side, now)
+                self._retry.append((gpa, size, side))
+                continue
+            stats.discards += 1
+            stats.discarded_bytes += size
+        total = self.held.total
+        stats.double_allocated_bytes = total
+        stats.peak_double_allocated_bytes = max(stats.peak_double_allocated_bytes, total)
+        stats.queued_bytes = total if self.policy.drains else sum(s for _, s, _ in self._retry)
+
+    def _take_retries(self) -> list[tuple[int, int, int]]:
+        """Failed discards whose memory is still held (a flip back may have reclaimed it)."""
+        runs = []
+        for gpa, size, side in self._retry:
+            runs += self.held.release(gpa, size, side)
+        self._retry.clear()
+        return runs
+
+    def tick(self) -> None:
+        """Discard what the policy says is due now (age-based draining between exits)."""
+        with self._lock:
+            now = self.clock()
+            self._discard(self._take_retries() + self.policy.drain(self.held, now), now)
+
+    def flush(self) -> None:
+        """Discard everything the policy would discard eventually."""
+        with self._lock:
+            now = self.clock()
+            self._discard(self._take_retries() + self.policy.drain(self.held, now, force=True), now)
+
+    # -- launch lifecycle -------------------------------------------------------------
+
+    def set_initial(self, gpa: int, size: int, private: bool) -> None:
+        """Initial state before launch (e.g. all guest RAM private, as QEMU sets it when it
+        creates the slot): no conversion is counted and nothing is discarded."""
+        self._require_unlaunched("set_initial")
+        check_range(gpa, size)
+        with self._lock:
+            self.store.set(gpa, size, ATTR_PRIVATE if private else 0)
+
+    def preallocate(self, gpa: int, size: int) -> None:
+        """Allocate private memory up front (before or after binding: the store does not
+        care, so nothing needs replaying)."""
+        check_range(gpa, size)
+        self.backings[HELD_PRIVATE].allocate(gpa, size)
+
+    def populate(self, gpa: int, size: int) -> Conversion:
+        """Before launch: copy the shared view into private memory and make the range
+        private (SNP's launch update; the seed's in-place encryption)."""
+        self._require_unlaunched("populate")
+        check_range(gpa, size)
+        data = self.backings[HELD_SHARED].read(gpa, size)
+        self.backings[HELD_PRIVATE].write(gpa, data)
+        return self.convert(gpa, size, True)
+
+    def launch(self) -> None:
+        self._require_unlaunched("launch")
+        seal = getattr(self.backings[HELD_PRIVATE], "seal", None)
+        if seal:
+            seal()
+        self.launched = True
+
+    def _require_unlaunched(self, what: str) -> None:
+        if self.launched:
+            raise InvalidState(f"{what} is refused after launch: the host may no longer write private memory")
+
+    # -- accounting --------------------------------------------------------------------
+
+    def measure(self) -> dict:
+        """Allocation as the kernel reports it: bytes allocated in each backing and in both."""
+        shared = self.backings[HELD_SHARED].allocated_ranges()
+        private = self.backings[HELD_PRIVATE].allocated_ranges()
+        return {"shared_bytes": sum(s for _, s in shared), "private_bytes": sum(s for _, s in private),
+                "double_bytes": _overlap_bytes(shared, private)}
+
+    def check(self) -> None:
+        with self._lock:
+            self.tracker.check()
+            self.held.check()
+            if self.stats.double_allocated_bytes != self.held.total:
+                raise AssertionError("engine: double_allocated_bytes disagrees with held memory")
+
+
+def _overlap_bytes(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> int:
+    """Bytes in both of two sorted lists of disjoint ``(offset, size)`` ranges."""
+    i = j = total = 0
+    while i < len(a) and j < len(b):
+        lo = max(a[i][0], b[j][0])
+        hi = min(a[i][0] + a[i][1], b[j][0] + b[j][1])
+        total += max(0, hi - lo)
+        if a[i][0] + a[i][1] < b[j][0] + b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+__all__ = ["ConversionEngine", "EngineStats", "SIDES"]

@@ -1,0 +1,138 @@
+"""Backing memory left behind by conversions and not yet discarded."""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+
+from ..attrs.ranges import MemoryAttributes
+from ..units import ADDRESS_LIMIT, PAGE_SHIFT
+
+HELD_SHARED = 1   # the page is private; its shared backing page is still held
+HELD_PRIVATE = 2  # the page is shared; its private backing page is still held
+SIDES = {HELD_SHARED: "shared", HELD_PRIVATE: "private"}
+_SIDE_MASK, _TAG_SHIFT = 3, 2
+
+
+class HeldMemory:
+    """Which backing pages a conversion left behind, and since when.
+
+    When a page converts, the backing it leaves keeps its memory until something
+    discards it: that is the double allocation the seed wants bounded.  ``_store`` maps
+    each held page to ``side | tag << 2``: the side whose memory is held (a page holds at
+    most one, the side it is not using) and, when ages are tracked, the tag of the hold
+    that put it there.  ``_fifo`` lists ``(time, gpa, size, value)`` per hold in order; an
+    entry speaks only for pages still carrying its value, so a page that flipped back and
+    was held again later is aged from its latest hold, not its first.  Arguments are byte
+    ranges already validated by the tracker.
+
+    Invariants (``check()``): the store's own; ``held_bytes[side]`` equals the bytes the
+    store marks with that side; fifo times never decrease; without age tracking the fifo
+    stays empty.  Not thread-safe: the engine holds its lock around every call.
+    """
+
+    def __init__(self, track_age: bool = True):
+        self.track_age = track_age
+        self._store = MemoryAttributes(supported=ADDRESS_LIMIT - 1)
+        self._fifo: deque[tuple[float, int, int, int]] = deque()
+        self._tags = itertools.count(1)
+        self.held_bytes = {HELD_SHARED: 0, HELD_PRIVATE: 0}
+
+    @property
+    def total(self) -> int:
+        return self.held_bytes[HELD_SHARED] + self.held_bytes[HELD_PRIVATE]
+
+    def hold(self, gpa: int, size: int, side: int, now: float) -> None:
+        """The pages of ``[gpa, gpa + size)`` left ``side``; its memory is now held."""
+        first, end = gpa >> PAGE_SHIFT, (gpa + size) >> PAGE_SHIFT
+        held = self.held_bytes
+        for lo, hi, value in list(self._store.page_runs(first, end)):
+            held[value & _SIDE_MASK] -= (hi - lo) << PAGE_SHIFT
+        value = side | (next(self._tags) << _TAG_SHIFT if self.track_age else 0)
+        self._store.assign_pages(first, end, value)
+        held[side] += size
+        if self.track_age:
+            self._fifo.append((now, gpa, size, value))
+
+    def release(self, gpa: int, size: int, side: int | None = None,
+                value: int | None = None) -> list[tuple[int, int, int]]:
+        """Stop holding memory in the range (of one side, of one hold's ``value``, or all);
+        returns the ``(gpa, size, side)`` runs that were held, which the caller discards."""
+        first, end = gpa >> PAGE_SHIFT, (gpa + size) >> PAGE_SHIFT
+        out = []
+        for lo, hi, held in list(self._store.page_runs(first, end)):
+            if (side is not None and held & _SIDE_MASK != side) or (value is not None and held != value):
+                continue
+            self._store.assign_pages(lo, hi, 0)
+            self.held_bytes[held & _SIDE_MASK] -= (hi - lo) << PAGE_SHIFT
+            out.append((lo << PAGE_SHIFT, (hi - lo) << PAGE_SHIFT, held & _SIDE_MASK))
+        return out
+
+    def reclaim(self, gpa: int, size: int, side: int) -> int:
+        """The pages went back to ``side``: memory held there is in use again, at no cost.
+        Returns the bytes reclaimed."""
+        return sum(s for _, s, _ in self.release(gpa, size, side))
+
+    def oldest_time(self) -> float | None:
+        self._skip_stale()
+        return self._fifo[0][0] if self._fifo else None
+
+    def take_all(self) -> list[tuple[int, int, int]]:
+        """Release everything held, coalesced per side."""
+        self._fifo.clear()
+        return _merge(self.release(0, ADDRESS_LIMIT - (1 << PAGE_SHIFT)) +
+                      self.release(ADDRESS_LIMIT - (1 << PAGE_SHIFT), 1 << PAGE_SHIFT))
+
+    def take_oldest(self, max_bytes: int, older_than: float | None = None) -> list[tuple[int, int, int]]:
+        """Release held runs in the order they were held, up to about ``max_bytes`` (at least
+        one entry), optionally only holds made before ``older_than``.  Adjacent runs of one
+        side are merged, so neighbouring pages cost one discard."""
+        if not self.track_age:
+            return self.take_all()
+        taken: list[tuple[int, int, int]] = []
+        total = 0
+        while self._fifo and (not taken or total < max_bytes):
+            when, gpa, size, value = self._fifo[0]
+            if older_than is not None and when >= older_than:
+                break
+            self._fifo.popleft()
+            runs = self.release(gpa, size, value=value)
+            taken += runs
+            total += sum(s for _, s, _ in runs)
+        return _merge(taken)
+
+    def _skip_stale(self) -> None:
+        fifo = self._fifo
+        while fifo:
+            _, gpa, size, value = fifo[0]
+            runs = self._store.page_runs(gpa >> PAGE_SHIFT, (gpa + size) >> PAGE_SHIFT)
+            if any(held == value for _, _, held in runs):
+                return
+            fifo.popleft()
+
+    def runs(self) -> list[tuple[int, int, int]]:
+        """Held ``(gpa, size, side)`` runs, ascending (holds of one side merged)."""
+        return _merge([(g, s, v & _SIDE_MASK) for g, s, v in self._store.ranges()])
+
+    def check(self) -> None:
+        self._store.check()
+        counts = {HELD_SHARED: 0, HELD_PRIVATE: 0}
+        for _, size, value in self._store.ranges():
+            if value & _SIDE_MASK not in counts:
+                raise AssertionError(f"HeldMemory: value {value:#x} names no side")
+            counts[value & _SIDE_MASK] += size
+        if counts != self.held_bytes:
+            raise AssertionError(f"HeldMemory: counted {counts}, bookkept {self.held_bytes}")
+        times = [entry[0] for entry in self._fifo]
+        if times != sorted(times) or (self._fifo and not self.track_age):
+            raise AssertionError("HeldMemory: fifo out of order, or kept without age tracking")
+
+
+def _merge(runs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    merged: list[tuple[int, int, int]] = []
+    for gpa, size, side in sorted(runs):
+        if merged and merged[-1][2] == side and merged[-1][0] + merged[-1][1] == gpa:
+            merged[-1] = (merged[-1][0], merged[-1][1] + size, side)
+        else:
+            merged.append((gpa, size, side))
+    return merged

@@ -1,0 +1,221 @@
+"""ConversionEngine + policies on real memfd backings: the kernel's accounting decides."""
+
+import errno
+
+import pytest
+
+from privmem import (ATTR_PRIVATE, PAGE_SIZE, Busy, ConversionEngine, ConversionTracker, InvalidState,
+                     MemoryAttributes, make_policy)
+from privmem.backing import PrivateBacking, SharedBacking
+from privmem.backing.faults import FaultyBacking
+from privmem.errors import AccessDenied, InvalidArgument
+
+MEMORY = 4 << 20
+POLICIES = ["never", "eager", "keep-shared", "lazy", "adaptive"]
+WINDOW = (1 << 20, 16 * PAGE_SIZE)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def make_engine():
+    made = []
+
+    def make(policy="never", budget=MEMORY // 4, shared=None, private=None):
+        shared = shared or SharedBacking.create(MEMORY)
+        private = private or PrivateBacking.standin(MEMORY)
+        clock = Clock()
+        engine = ConversionEngine(ConversionTracker(MemoryAttributes()), make_policy(policy, MEMORY, budget),
+                                  shared, private, clock=clock)
+        engine.clock_control = clock
+        made.append((shared, private))
+        return engine
+
+    yield make
+    for shared, private in made:
+        shared.close()
+        private.close()
+
+
+def allocated(backing, gpa, size):
+    end = gpa + size
+    return sum(max(0, min(o + s, end) - max(o, gpa)) for o, s in backing.allocated_ranges())
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_shared_memory_is_freed_exactly_when_the_policy_says(make_engine, policy):
+    engine = make_engine(policy)
+    shared = engine.backings[1]
+    gpa, size = WINDOW
+    shared.write(gpa, b"\x5a" * size)
+    assert allocated(shared, gpa, size) == size
+    engine.convert(gpa, size, True)
+    freed_at_once = policy == "eager" or policy == "adaptive"
+    assert allocated(shared, gpa, size) == (0 if freed_at_once else size)
+    engine.clock_control.now += 1.0
+    engine.tick()
+    freed_later = policy in ("eager", "lazy", "adaptive")
+    assert allocated(shared, gpa, size) == (0 if freed_later else size)
+    engine.check()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_private_memory_is_freed_exactly_when_the_policy_says(make_engine, policy):
+    engine = make_engine(policy)
+    private = engine.backings[2]
+    gpa, size = WINDOW
+    engine.set_initial(0, MEMORY, private=True)
+    private.write(gpa, b"\xa5" * size)
+    engine.launch()
+    assert allocated(private, gpa, size) == size
+    engine.convert(gpa, size, False)
+    at_once = policy in ("eager", "keep-shared", "adaptive")
+    assert allocated(private, gpa, size) == (0 if at_once else size)
+    engine.clock_control.now += 1.0
+    engine.tick()
+    later = policy != "never"
+    assert allocated(private, gpa, size) == (0 if later else size)
+    engine.check()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_host_view_never_shows_data_written_while_private(make_engine, policy):
+    engine = make_engine(policy)
+    shared, private = engine.backings[1], engine.backings[2]
+    gpa, size = WINDOW
+    shared.write(gpa, b"\x11" * size)  # shared-phase data the host may see
+    engine.convert(gpa, size, True)
+    private.write(gpa, b"SECRET!!" * (size // 8))  # written while private (pre-launch guest stand-in)
+    engine.convert(gpa, size, False)
+    host_view = shared.read(gpa, size)
+    assert b"SECRET" not in host_view
+    assert set(host_view) <= {0x00, 0x11}
+    with pytest.raises(AccessDenied):
+        engine.launch() or private.read(gpa, size)
+
+
+def test_lazy_flip_flop_costs_nothing_until_drained(make_engine):
+    engine = make_engine("lazy", budget=64 * PAGE_SIZE)
+    gpa = WINDOW[0]
+    engine.set_initial(0, MEMORY, True)
+    for _ in range(1000):
+        engine.convert(gpa, PAGE_SIZE, False)
+        engine.convert(gpa, PAGE_SIZE, True)
+    assert engine.stats.discards == 0
+    assert engine.stats.conversions == 2000 and engine.stats.reclaimed_bytes == 1999 * PAGE_SIZE
+    assert engine.stats.peak_double_allocated_bytes == PAGE_SIZE
+    engine.flush()
+    assert engine.stats.double_allocated_bytes == 0 and engine.stats.discards == 1
+
+
+def test_lazy_respects_its_budget_and_drains_coalesced(make_engine):
+    budget = 32 * PAGE_SIZE
+    engine = make_engine("lazy", budget=budget)
+    for k in range(200):
+        engine.convert((k + 1) * PAGE_SIZE, PAGE_SIZE, True)
+        assert engine.stats.double_allocated_bytes <= budget
+    assert engine.stats.peak_double_allocated_bytes <= budget
+    # Adjacent pages drain in coalesced runs: far fewer syscalls than pages.
+    assert 0 < engine.stats.discards < 20
+    engine.check()
+
+
+def test_failed_discards_keep_the_conversion_and_are_retried(make_engine):
+    shared = FaultyBacking(SharedBacking.create(MEMORY), {"discard": [errno.ENOMEM, errno.EIO]})
+    engine = make_engine("eager", shared=shared)
+    gpa, size = WINDOW
+    shared.write(gpa, b"\x77" * size)
+    engine.convert(gpa, size, True)
+    assert engine.store.has(gpa, size, ATTR_PRIVATE)
+    assert engine.stats.discard_failures == 1 and engine.stats.queued_bytes == size
+    engine.tick()  # second failure (EIO), still held
+    assert engine.stats.discard_failures == 2 and allocated(shared, gpa, size) == size
+    engine.tick()
+    assert engine.stats.discards == 1 and allocated(shared, gpa, size) == 0
+    assert engine.stats.queued_bytes == 0 and engine.stats.double_allocated_bytes == 0
+    engine.check()
+
+
+def test_populate_before_launch_only(make_engine):
+    engine = make_engine("eager")
+    shared, private = engine.backings[1], engine.backings[2]
+    shared.write(0, b"firmware" * 512)
+    engine.populate(0, PAGE_SIZE)
+    assert engine.store.has(0, PAGE_SIZE, ATTR_PRIVATE)
+    assert private.read(0, 8) == b"firmware"
+    engine.launch()
+    with pytest.raises(InvalidState, match="after launch"):
+        engine.populate(PAGE_SIZE, PAGE_SIZE)
+    with pytest.raises(InvalidState):
+        engine.set_initial(0, PAGE_SIZE, True)
+
+
+def test_preallocation_is_accounted_without_replay(make_engine):
+    engine = make_engine("never")
+    engine.preallocate(0, 64 * PAGE_SIZE)
+    assert engine.measure()["private_bytes"] == 64 * PAGE_SIZE
+    assert list(engine.store.ranges()) == []
+
+
+def test_bad_input_changes_nothing(make_engine):
+    engine = make_engine("lazy")
+    engine.convert(0, PAGE_SIZE, True)
+    before = (list(engine.store.ranges()), engine.stats.as_dict(), engine.held.runs())
+    with pytest.raises(InvalidArgument):
+        engine.convert(3, PAGE_SIZE, True)
+    request = engine.tracker.request(PAGE_SIZE, PAGE_SIZE, True)
+    with pytest.raises(Busy):
+        engine.convert(0, 2 * PAGE_SIZE, False)
+    engine.tracker.abort(request)
+    assert (list(engine.store.ranges()), engine.stats.as_dict(), engine.held.runs()) == before
+    with pytest.raises(InvalidArgument, match="policy='sometimes'"):
+        make_policy("sometimes", MEMORY)
+
+
+def test_commit_hook_failure_aborts(make_engine):
+    engine = make_engine("eager")
+
+    def refuse(request):
+        raise InvalidState("KVM refused")
+
+    engine.commit_hooks.append(refuse)
+    with pytest.raises(InvalidState):
+        engine.convert(0, PAGE_SIZE, True)
+    assert list(engine.store.ranges()) == [] and engine.tracker.in_flight() == []
+
+
+def test_lazy_ages_a_page_from_its_latest_hold_not_its_first(make_engine):
+    engine = make_engine("lazy")
+    shared = engine.backings[1]
+    gpa = WINDOW[0]
+    clock = engine.clock_control
+    engine.convert(gpa, PAGE_SIZE, True)            # t=0: shared side held
+    clock.now = 0.030
+    engine.convert(gpa, PAGE_SIZE, False)           # back: reclaimed; private side held
+    clock.now = 0.040
+    engine.convert(gpa, PAGE_SIZE, True)            # held again at t=0.040
+    shared.write(gpa, b"x")
+    clock.now = 0.060
+    engine.tick()                                   # 20 ms old: stays held
+    assert engine.stats.discards == 0 and allocated(shared, gpa, PAGE_SIZE) == PAGE_SIZE
+    clock.now = 0.100
+    engine.tick()
+    assert allocated(shared, gpa, PAGE_SIZE) == 0 and engine.stats.double_allocated_bytes == 0
+    engine.check()
+
+
+def test_adaptive_learns_flip_floppers_after_one_discard(make_engine):
+    engine = make_engine("adaptive")
+    gpa = WINDOW[0]
+    engine.convert(gpa + 8 * PAGE_SIZE, PAGE_SIZE, True)   # cold: discarded at once, never back
+    for _ in range(50):
+        engine.convert(gpa, PAGE_SIZE, True)
+        engine.convert(gpa, PAGE_SIZE, False)
+    assert engine.stats.discards == 2   # the cold page, and the flip-flopper's first departure
+    engine.check()
