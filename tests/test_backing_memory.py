@@ -276,3 +276,28 @@ def test_one_gib_is_cheap_to_create_and_measure():
             assert b.allocated_bytes() == 32 * MiB + 3 * PS
             assert b.allocated_ranges() == [(0, 32 * MiB), (512 * MiB, 3 * PS)]
             assert time.perf_counter() - start < 1.0     # ~20 ms on the project host
+
+
+def test_seal_and_close_race_host_access_without_crashing():
+    """Writers racing seal() and close() get AccessDenied/InvalidState, never a fault."""
+    import threading
+    for _ in range(5):
+        b = PrivateBacking.standin(256 * PS)
+        outcomes: list[str] = []
+
+        def writer():
+            for i in range(2000):
+                try:
+                    b.fill((i % 256) * PS, PS, i & 0xFF)
+                except (AccessDenied, InvalidState) as exc:
+                    outcomes.append(type(exc).__name__)
+                    return
+            outcomes.append("done")
+        threads = [threading.Thread(target=writer) for _ in range(2)]
+        for t in threads:
+            t.start()
+        b.seal()
+        b.close()
+        for t in threads:
+            t.join()
+        assert len(outcomes) == 2 and set(outcomes) <= {"AccessDenied", "InvalidState", "done"}

@@ -56,7 +56,7 @@ class HostMapping:
         arrays = [ref() for ref in self._views]
         return [array for array in arrays if array is not None]
 
-    def _check_no_views(self, action: str) -> None:
+    def check_no_views(self, action: str) -> None:
         live = self.live_views()
         if live:
             raise InvalidState(f"cannot {action}: {len(live)} view(s) of the mapping are still alive; "
@@ -68,7 +68,7 @@ class HostMapping:
     def revoke(self) -> None:
         """Make the range PROT_NONE in place and drop its PTEs (MADV_DONTNEED on a shared file
         mapping frees nothing).  The address stays reserved; any access now faults."""
-        self._check_no_views("revoke host access")
+        self.check_no_views("revoke host access")
         if self.prot != syscalls.PROT_NONE:
             syscalls.mprotect(self.addr, self.size, syscalls.PROT_NONE)
             self.prot = syscalls.PROT_NONE
@@ -80,6 +80,6 @@ class HostMapping:
         if not self.addr:
             return
         if not force:
-            self._check_no_views("unmap")
+            self.check_no_views("unmap")
         syscalls.munmap(self.addr, self.size)
         self.addr = 0

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from ..attrs.validate import ATTR_PRIVATE, check_range
-from ..errors import InvalidState, SyscallError
+from ..errors import AccessDenied, InvalidState, SyscallError
+from ..units import PAGE_SHIFT
 from .held import HELD_PRIVATE, HELD_SHARED, SIDES, HeldMemory
 from .policies import DISCARD, Policy
 from .tracker import Conversion, ConversionTracker, Request
@@ -22,7 +23,7 @@ class EngineStats:
     discarded_bytes: int = 0
     discard_failures: int = 0       # failed discard syscalls; their ranges are held and retried
     reclaimed_bytes: int = 0        # held memory brought back into use by a flip back: no cost
-    double_allocated_bytes: int = 0  # held memory: left behind by a conversion, not yet discarded
+    double_allocated_bytes: int = 0  # held memory (books): left behind by a conversion, not yet discarded
     peak_double_allocated_bytes: int = 0
     queued_bytes: int = 0           # held memory the policy will discard later
 
@@ -170,6 +171,16 @@ class ConversionEngine:
         if self.launched:
             raise InvalidState(f"{what} is refused after launch: the host may no longer write private memory")
 
+    # -- host (device) access -------------------------------------------------------
+
+    def require_shared(self, gpa: int, size: int) -> None:
+        """Raise AccessDenied unless every page of the range is shared: the host and its
+        devices never touch private memory."""
+        first, end = check_range(gpa, size)
+        for lo, hi, _ in self.store.page_runs(first, end):
+            raise AccessDenied(f"host access to [{gpa:#x}, {gpa + size:#x}) refused: "
+                               f"page {lo << PAGE_SHIFT:#x} is private")
+
     # -- accounting --------------------------------------------------------------------
 
     def measure(self) -> dict:
@@ -178,6 +189,15 @@ class ConversionEngine:
         private = self.backings[HELD_PRIVATE].allocated_ranges()
         return {"shared_bytes": sum(s for _, s in shared), "private_bytes": sum(s for _, s in private),
                 "double_bytes": _overlap_bytes(shared, private)}
+
+    def measure_double_allocation(self) -> int:
+        """Double allocation as the kernel reports it: bytes still allocated in the side each
+        page is *not* using.  Only held runs can have any (discarded ranges have none), so one
+        cachestat per held run suffices; the books (``stats.double_allocated_bytes``) are
+        an upper bound on this figure."""
+        with self._lock:
+            runs = self.held.runs()
+        return sum(self.backings[side].allocated_bytes_in(gpa, size) for gpa, size, side in runs)
 
     def check(self) -> None:
         with self._lock:

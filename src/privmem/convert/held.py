@@ -73,9 +73,15 @@ class HeldMemory:
         Returns the bytes reclaimed."""
         return sum(s for _, s, _ in self.release(gpa, size, side))
 
-    def oldest_time(self) -> float | None:
+    def oldest_time(self, before: float | None = None) -> float | None:
+        """Time of the oldest hold still in force, or None.  With ``before``, answers None at
+        once when even the first fifo entry (live or stale) is not older than ``before``:
+        stale entries are only ever older, so the scan is needed only past that point."""
+        fifo = self._fifo
+        if not fifo or (before is not None and fifo[0][0] >= before):
+            return None
         self._skip_stale()
-        return self._fifo[0][0] if self._fifo else None
+        return fifo[0][0] if fifo else None
 
     def take_all(self) -> list[tuple[int, int, int]]:
         """Release everything held, coalesced per side."""

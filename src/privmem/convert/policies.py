@@ -85,7 +85,7 @@ class LazyPolicy(Policy):
             return held.take_all()
         if held.total > self.budget:
             return held.take_oldest(max(self.batch, held.total - self.budget))
-        oldest = held.oldest_time()
+        oldest = held.oldest_time(before=now - self.max_age)
         if oldest is not None and now - oldest > self.max_age:
             return held.take_oldest(self.batch, older_than=now - self.max_age)
         return []
