@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import PrivmemError
+from .errors import InvalidArgument, PrivmemError
 
 
 def _write_json(path: str, payload) -> None:
@@ -18,19 +18,89 @@ def _console():
     from rich.console import Console
 
     # Tables are read in CI logs and pipes as often as on terminals: keep them whole there.
-    return Console(width=None if sys.stdout.isatty() else 160)
+    return Console(width=None if sys.stdout.isatty() else 190)
+
+
+def _size(field: str):
+    def parse(text: str) -> int:
+        from .units import parse_size
+        try:
+            return parse_size(text, field)
+        except InvalidArgument as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    parse.__name__ = field
+    return parse
+
+
+def _positive_int(field: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{field}={text!r}: not an integer") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{field}={value}: must be at least 1")
+        return value
+    parse.__name__ = field
+    return parse
+
+
+def _choice(field: str, choices):
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"{field}={text!r}: unknown (choose from {', '.join(choices)})")
+        return text
+    parse.__name__ = field
+    return parse
+
+
+def _choices(field: str, choices):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        for name in names:
+            _choice(field, choices)(name)
+        if not names:
+            raise argparse.ArgumentTypeError(f"{field}={text!r}: empty list")
+        return names
+    parse.__name__ = field
+    return parse
+
+
+# -- bench ------------------------------------------------------------------------------
+
+def cmd_bench(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .bench import boot
+
+    overrides = {k: v for k, v in (("workloads", args.workloads), ("policies", args.policies),
+                                   ("memory", args.memory), ("vcpus", args.vcpus), ("backend", args.backend),
+                                   ("repeat", args.repeat), ("scale", args.scale)) if v is not None}
+    if args.no_memslots:
+        overrides["memslots"] = False
+    config = boot.BenchConfig.quick(**overrides) if args.quick else boot.BenchConfig(**overrides)
+    console = _console()
+    backend = config.backend or boot.default_backend()
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=not console.is_terminal) as progress:
+        task = progress.add_task(f"privmem bench ({backend})", total=boot.planned_runs(config, backend))
+        report = boot.run(config, progress=lambda text: progress.update(task, advance=1, description=text)
+                          if text else None)
+    console.print(boot.table(report))
+    for line in boot.headline(report):
+        console.print(line)
+    _write_json(args.json_out, report.as_json())
+    boot.plot(report, args.plot_out)
+    console.print(f"JSON written to {args.json_out}; plot written to {args.plot_out}")
+    return 1 if any(r.data_errors or r.dma_errors for r in report.runs) else 0
 
 
 def cmd_bench_store(args) -> int:
     from .bench import store
 
     console = _console()
-    guests = args.guests.split(",") if args.guests else list(store.GUESTS)
-    for guest in guests:
-        if guest not in store.GUESTS:
-            raise PrivmemError(f"--guests: unknown guest {guest!r} (choose from {', '.join(store.GUESTS)})")
     with console.status("measuring") as status:
-        results = store.run(guests, include_pagemap=not args.no_pagemap,
+        results = store.run(args.guests, include_pagemap=not args.no_pagemap,
                             progress=lambda what: status.update(f"measuring {what}"))
     console.print(store.table(results))
     for line in store.headline(results):
@@ -53,31 +123,140 @@ def cmd_bench_flipflop(args) -> int:
     return 0
 
 
+# -- run, trace, info -------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    from .runner import run_trace
+    from .workload import generate, read_trace
+
+    if args.trace:
+        trace = read_trace(args.trace)
+    else:
+        trace = generate(args.workload or "boot", memory=args.memory or (1 << 30), vcpus=args.vcpus or 1,
+                         seed=args.seed, scale=args.scale or 1.0)
+    result = run_trace(trace, args.policy, args.backend, tracking=args.tracking)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        from .units import format_size
+        print(f"{result.workload} on {result.backend} ({format_size(result.memory)}, {result.vcpus} vCPU), "
+              f"policy {result.policy}, tracking {result.tracking}: {result.wall_s:.3f} s, "
+              f"{result.conversions:,} conversions ({result.pages_converted:,} pages), {result.exits:,} exits, "
+              f"{result.discards:,} discards ({format_size(result.discarded_bytes)}), peak held "
+              f"{format_size(result.peak_double_alloc_bytes)}, peak double allocation (kernel) "
+              f"{format_size(result.peak_double_alloc_measured_bytes)}, peak host memory "
+              f"{format_size(result.peak_host_bytes)}, data errors {result.data_errors + result.dma_errors}")
+    return 1 if result.data_errors or result.dma_errors else 0
+
+
+def cmd_trace_import(args) -> int:
+    from .workload import import_qemu_log, write_trace
+
+    trace, report = import_qemu_log(args.file, memory=args.memory, vcpus=args.vcpus, strict=args.strict)
+    write_trace(trace, args.output)
+    for line, message in report.errors:
+        print(f"{args.file}:{line}: {message}", file=sys.stderr)
+    print(json.dumps(report.as_dict()))
+    return 0
+
+
+def cmd_trace_generate(args) -> int:
+    from .workload import generate, write_trace
+
+    trace = generate(args.workload, memory=args.memory, vcpus=args.vcpus, seed=args.seed, scale=args.scale)
+    write_trace(trace, args.output)
+    print(f"{len(trace.ops):,} ops written to {args.output}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .kvm.probe import format_info, probe
+
+    info = probe()
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="privmem", description=__doc__)
+    from .convert import POLICIES
+    from .runner import BACKENDS, TRACKINGS
+    from .workload import WORKLOADS
+
+    parser = argparse.ArgumentParser(prog="privmem", description="fd-based private memory for confidential "
+                                     "VMs on KVM: conversion tracking, discard policies, benchmarks")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    bench = commands.add_parser("bench", help="benchmarks (they print figures; none is a test)")
-    bench_kinds = bench.add_subparsers(dest="bench_kind")
-    bench_store = bench_kinds.add_parser("store", help="the attribute store vs a bitmap and a per-page map")
-    bench_store.add_argument("--guests", help="comma-separated subset of 1GiB,64GiB,1TiB")
-    bench_store.add_argument("--no-pagemap", action="store_true", help="skip the per-page map")
-    bench_store.add_argument("--json-out", default="privmem-bench-store.json", help="where to write results")
-    bench_store.set_defaults(handler=cmd_bench_store)
-    bench_flip = bench_kinds.add_parser("flipflop", help="one page converted back and forth under every policy")
-    bench_flip.add_argument("--flips", type=int, default=10_000, help="round trips (default 10,000)")
-    bench_flip.add_argument("--json-out", default="privmem-bench-flipflop.json", help="where to write results")
-    bench_flip.set_defaults(handler=cmd_bench_flipflop)
-    bench.set_defaults(handler=lambda args: cmd_bench_store(bench_store.parse_args([])))
+    bench = commands.add_parser("bench", help="the main job: the seed's boot experiment under every policy")
+    bench.add_argument("--quick", action="store_true", help="a reduced run (256 MiB guest, 2 rounds), under a minute")
+    bench.add_argument("--workloads", type=_choices("workloads", WORKLOADS), help="comma list (default boot,ovmf-dma)")
+    bench.add_argument("--policies", type=_choices("policies", POLICIES), help="comma list (default all)")
+    bench.add_argument("--memory", type=_size("memory"), help="guest memory (default 1G)")
+    bench.add_argument("--vcpus", type=_positive_int("vcpus"))
+    bench.add_argument("--backend", type=_choice("backend", BACKENDS), help="default: kvm where /dev/kvm works")
+    bench.add_argument("--repeat", type=_positive_int("repeat"), help="interleaved rounds (default 3)")
+    bench.add_argument("--scale", type=float, help="workload scale factor")
+    bench.add_argument("--no-memslots", action="store_true", help="skip the memslot-splitting contrast run")
+    bench.add_argument("--json-out", default="privmem-bench.json")
+    bench.add_argument("--plot-out", default="privmem-bench.png")
+    bench.set_defaults(handler=cmd_bench)
+    kinds = bench.add_subparsers(dest="bench_kind")
+    store = kinds.add_parser("store", help="the attribute store vs a bitmap and a per-page map")
+    store.add_argument("--guests", type=_choices("guests", ("1GiB", "64GiB", "1TiB")), default=("1GiB", "64GiB", "1TiB"))
+    store.add_argument("--no-pagemap", action="store_true", help="skip the per-page map")
+    store.add_argument("--json-out", default="privmem-bench-store.json")
+    store.set_defaults(handler=cmd_bench_store)
+    flip = kinds.add_parser("flipflop", help="one page converted back and forth under every policy")
+    flip.add_argument("--flips", type=_positive_int("flips"), default=10_000, help="round trips (default 10,000)")
+    flip.add_argument("--json-out", default="privmem-bench-flipflop.json")
+    flip.set_defaults(handler=cmd_bench_flipflop)
+
+    run = commands.add_parser("run", help="one workload or trace under one policy")
+    source = run.add_mutually_exclusive_group()
+    source.add_argument("--workload", type=_choice("workload", WORKLOADS))
+    source.add_argument("--trace", help="a privmem trace v1 file (JSON Lines)")
+    run.add_argument("--policy", type=_choice("policy", POLICIES), default="never")
+    run.add_argument("--memory", type=_size("memory"))
+    run.add_argument("--vcpus", type=_positive_int("vcpus"))
+    run.add_argument("--backend", type=_choice("backend", BACKENDS))
+    run.add_argument("--tracking", type=_choice("tracking", TRACKINGS), default="store")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--scale", type=float)
+    run.add_argument("--json", action="store_true")
+    run.set_defaults(handler=cmd_run)
+
+    trace = commands.add_parser("trace", help="make or import traces")
+    trace_kinds = trace.add_subparsers(dest="trace_kind", required=True)
+    imp = trace_kinds.add_parser("import", help="convert a QEMU trace log into a privmem trace")
+    imp.add_argument("--from", dest="source_format", type=_choice("from", ("qemu-log",)), required=True)
+    imp.add_argument("file")
+    imp.add_argument("-o", "--output", required=True)
+    imp.add_argument("--memory", type=_size("memory"))
+    imp.add_argument("--vcpus", type=_positive_int("vcpus"), default=1)
+    imp.add_argument("--strict", action="store_true", help="fail on the first malformed line")
+    imp.set_defaults(handler=cmd_trace_import)
+    gen = trace_kinds.add_parser("generate", help="write a generated workload as a trace file")
+    gen.add_argument("workload", type=_choice("workload", WORKLOADS))
+    gen.add_argument("-o", "--output", required=True)
+    gen.add_argument("--memory", type=_size("memory"), default=1 << 30)
+    gen.add_argument("--vcpus", type=_positive_int("vcpus"), default=1)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--scale", type=float, default=1.0)
+    gen.set_defaults(handler=cmd_trace_generate)
+
+    info = commands.add_parser("info", help="what this host's KVM offers, probed")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(handler=cmd_info)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except PrivmemError as error:
+        print(f"privmem: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
         print(f"privmem: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,43 @@
+"""``/dev/kvm``: the system fd (api.rst section 4: "system ioctl")."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import KvmError
+from . import ioctls, uapi
+from ._sys import FdObject, ioctl
+
+DEV_KVM = "/dev/kvm"
+
+
+class Kvm(FdObject):
+    """An open ``/dev/kvm``.  ``Kvm()`` opens it; ``Kvm(fd=...)`` wraps an fd it then owns."""
+
+    def __init__(self, path: str = DEV_KVM, *, fd: int | None = None):
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:
+                raise KvmError(f"open({path})", exc.errno) from None
+        super().__init__(fd)
+
+    def get_api_version(self) -> int:
+        return ioctl(self.fd, "KVM_GET_API_VERSION", ioctls.KVM_GET_API_VERSION)
+
+    def check_extension(self, cap: int) -> int:
+        return ioctl(self.fd, "KVM_CHECK_EXTENSION", ioctls.KVM_CHECK_EXTENSION, cap)
+
+    def get_vcpu_mmap_size(self) -> int:
+        return ioctl(self.fd, "KVM_GET_VCPU_MMAP_SIZE", ioctls.KVM_GET_VCPU_MMAP_SIZE)
+
+    def create_vm(self, vm_type: int = uapi.KVM_X86_DEFAULT_VM):
+        from .vm import Vm
+        fd = ioctl(self.fd, "KVM_CREATE_VM", ioctls.KVM_CREATE_VM, vm_type)
+        vm = Vm(fd, vm_type=vm_type)
+        try:
+            vm.vcpu_mmap_size = self.get_vcpu_mmap_size()
+        except BaseException:
+            vm.close()
+            raise
+        return vm

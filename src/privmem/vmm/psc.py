@@ -1,0 +1,205 @@
+"""Page-state-change (PSC) requests, modelled on the SEV-SNP GHCB PSC buffer.
+
+Pure logic over the bytes of a vCPU's comm page (read from shared memory); no I/O.  The
+guest is untrusted: ``serve`` validates EVERY entry before converting anything, and a
+malformed request gets ``STATUS_INVALID`` with nothing changed, never an exception.
+
+Layout (little-endian, offsets in the comm page):
+
+======  =====  ===========================================================
+0       u16    cur_entry: first entry still to do (the VMM writes progress)
+2       u16    end_entry: index of the LAST entry (inclusive, as in SNP); < 253
+4       u32    reserved, must be 0
+8       u64[]  entries[253]: bits 0-11 cur_page (4 KiB pages of the entry
+               already done), 12-51 gfn, 52-55 operation (1 private, 2 shared),
+               56 pagesize (0 4 KiB, 1 2 MiB), 57-63 reserved (0)
+2032    u32    status written by the VMM: 0 ok, 1 invalid, 2 busy (retry)
+======  =====  ===========================================================
+
+Adjacent entries with the same operation are merged into one conversion (as KVM merges
+them into one MAP_GPA_RANGE exit).  On ``Busy`` the request stops at the first entry not
+done: cur_entry and the done entries' cur_page record the progress, status says retry.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import Busy, InvalidArgument
+from ..units import PAGE_SHIFT, PAGE_SIZE
+
+MAX_ENTRIES = 253
+HEADER = struct.Struct("<HHI")
+HEADER_SIZE = HEADER.size
+ENTRY_SIZE = 8
+ENTRIES_OFFSET = HEADER_SIZE
+STATUS_OFFSET = ENTRIES_OFFSET + MAX_ENTRIES * ENTRY_SIZE       # 2032
+STATUS = struct.Struct("<I")
+REQUEST_BYTES = STATUS_OFFSET + STATUS.size                       # 2036
+
+STATUS_OK, STATUS_INVALID, STATUS_RETRY = 0, 1, 2
+OP_PRIVATE, OP_SHARED = 1, 2
+
+_CUR_PAGE_MASK = (1 << 12) - 1
+_GFN_SHIFT, _GFN_MASK = 12, (1 << 40) - 1
+_OP_SHIFT, _OP_MASK = 52, 0xF
+_SIZE_BIT = 1 << 56
+_RESERVED_MASK = ~((1 << 57) - 1) & ((1 << 64) - 1)
+_PAGES_2M = 512
+
+
+def encode_entry(gfn: int, op: int, huge: bool = False, cur_page: int = 0) -> int:
+    return (cur_page & _CUR_PAGE_MASK) | (gfn << _GFN_SHIFT) | (op << _OP_SHIFT) | (_SIZE_BIT if huge else 0)
+
+
+def encode_request(entries: list[int], cur_entry: int = 0, end_entry: int | None = None,
+                   reserved: int = 0) -> bytes:
+    """The first REQUEST_BYTES of a comm page holding ``entries`` (for tests and tools)."""
+    if end_entry is None:
+        end_entry = len(entries) - 1
+    body = b"".join(struct.pack("<Q", e) for e in entries[:MAX_ENTRIES])
+    page = HEADER.pack(cur_entry & 0xFFFF, end_entry & 0xFFFF, reserved) + body
+    return page.ljust(STATUS_OFFSET, b"\0") + STATUS.pack(0xFFFFFFFF)
+
+
+@dataclass(frozen=True)
+class Entry:
+    index: int
+    gfn: int
+    op: int
+    huge: bool
+    cur_page: int
+
+    @property
+    def npages(self) -> int:
+        return _PAGES_2M if self.huge else 1
+
+    @property
+    def gpa(self) -> int:
+        """First byte not yet done."""
+        return (self.gfn + self.cur_page) << PAGE_SHIFT
+
+    @property
+    def end(self) -> int:
+        return (self.gfn + self.npages) << PAGE_SHIFT
+
+
+@dataclass(frozen=True)
+class Run:
+    """Merged adjacent entries [first, last] with one operation: one conversion."""
+    first: int
+    last: int
+    gpa: int
+    size: int
+    to_private: bool
+
+
+@dataclass
+class Outcome:
+    status: int
+    cur_entry: int
+    done: list[Entry] = field(default_factory=list)
+    conversions: int = 0
+    error: str | None = None
+
+    def patch(self, page: bytes) -> tuple[bytes, bytes]:
+        """(new bytes for [0, STATUS_OFFSET), status bytes): progress written back."""
+        out = bytearray(page[:STATUS_OFFSET])
+        struct.pack_into("<H", out, 0, self.cur_entry)     # unchanged for a malformed request
+        for entry in self.done:
+            off = ENTRIES_OFFSET + entry.index * ENTRY_SIZE
+            raw = struct.unpack_from("<Q", out, off)[0]
+            struct.pack_into("<Q", out, off, (raw & ~_CUR_PAGE_MASK) | entry.npages)
+        return bytes(out), STATUS.pack(self.status)
+
+
+def parse(page: bytes, memory: int) -> list[Entry]:
+    """Validate the request in ``page`` against a guest of ``memory`` bytes; return the
+    entries from cur_entry to end_entry.  Raises InvalidArgument naming the first problem."""
+    if len(page) < STATUS_OFFSET:
+        raise InvalidArgument("psc.page", len(page), f"shorter than {STATUS_OFFSET} bytes", hex_value=False)
+    cur_entry, end_entry, reserved = HEADER.unpack_from(page, 0)
+    if reserved:
+        raise InvalidArgument("psc.reserved", reserved, "header reserved field must be 0")
+    if end_entry >= MAX_ENTRIES:
+        raise InvalidArgument("psc.end_entry", end_entry, f"more entries than fit ({MAX_ENTRIES})",
+                              hex_value=False)
+    if cur_entry > end_entry:
+        raise InvalidArgument("psc.cur_entry", cur_entry, f"beyond end_entry {end_entry}", hex_value=False)
+    limit = memory >> PAGE_SHIFT
+    entries = []
+    for index, raw in enumerate(struct.unpack_from(f"<{end_entry - cur_entry + 1}Q", page,
+                                                   ENTRIES_OFFSET + cur_entry * ENTRY_SIZE), cur_entry):
+        where = f"psc.entry[{index}]"
+        if raw & _RESERVED_MASK:
+            raise InvalidArgument(where, raw, "reserved bits 57-63 set")
+        op = (raw >> _OP_SHIFT) & _OP_MASK
+        if op not in (OP_PRIVATE, OP_SHARED):
+            raise InvalidArgument(where, raw, f"unknown operation {op}")
+        gfn = (raw >> _GFN_SHIFT) & _GFN_MASK
+        huge = bool(raw & _SIZE_BIT)
+        entry = Entry(index, gfn, op, huge, raw & _CUR_PAGE_MASK)
+        if huge and gfn % _PAGES_2M:
+            raise InvalidArgument(where, raw, "2 MiB entry not 2 MiB aligned")
+        if entry.cur_page > entry.npages:
+            raise InvalidArgument(where, raw, f"cur_page {entry.cur_page} beyond the entry's {entry.npages} pages")
+        if gfn + entry.npages > limit:
+            raise InvalidArgument(where, raw, f"runs past guest memory ({memory:#x} bytes)")
+        entries.append(entry)
+    spans = sorted((e.gfn, e.gfn + e.npages, e.index) for e in entries)
+    for (a_start, a_end, a_index), (b_start, _, b_index) in zip(spans, spans[1:]):
+        if b_start < a_end:
+            raise InvalidArgument(f"psc.entry[{b_index}]", b_start << PAGE_SHIFT,
+                                  f"overlaps entry {a_index}")
+    return entries
+
+
+def merge(entries: list[Entry]) -> list[Run]:
+    """Adjacent entries with the same operation become one run; finished entries are skipped."""
+    runs: list[Run] = []
+    for entry in entries:
+        if entry.gpa >= entry.end:
+            continue
+        to_private = entry.op == OP_PRIVATE
+        last = runs[-1] if runs else None
+        if last is not None and last.to_private == to_private and last.gpa + last.size == entry.gpa:
+            runs[-1] = Run(last.first, entry.index, last.gpa, entry.end - last.gpa, to_private)
+        else:
+            runs.append(Run(entry.index, entry.index, entry.gpa, entry.end - entry.gpa, to_private))
+    return runs
+
+
+def serve(page: bytes, memory: int, convert: Callable[[int, int, bool], object]) -> Outcome:
+    """Validate and carry out the request in ``page``; ``convert(gpa, size, to_private)``
+    does one conversion and may raise Busy.  Never raises for a malformed request."""
+    try:
+        entries = parse(page, memory)
+    except InvalidArgument as exc:
+        return Outcome(STATUS_INVALID, HEADER.unpack_from(page, 0)[0] if len(page) >= 2 else 0,
+                       error=str(exc))
+    by_index = {e.index: e for e in entries}
+    outcome = Outcome(STATUS_OK, entries[-1].index + 1)
+    for run in merge(entries):
+        try:
+            convert(run.gpa, run.size, run.to_private)
+        except Busy as exc:
+            outcome.status, outcome.cur_entry, outcome.error = STATUS_RETRY, run.first, str(exc)
+            break
+        except InvalidArgument as exc:          # the engine refused the range: guest error
+            outcome.status, outcome.cur_entry, outcome.error = STATUS_INVALID, run.first, str(exc)
+            break
+        outcome.conversions += 1
+        outcome.done.extend(by_index[i] for i in range(run.first, run.last + 1))
+    else:
+        outcome.done = entries
+    if outcome.status == STATUS_RETRY:
+        # entries before the busy run are done (including ones skipped as already finished)
+        outcome.done = [e for e in entries if e.index < outcome.cur_entry]
+    return outcome
+
+
+__all__ = ["MAX_ENTRIES", "REQUEST_BYTES", "STATUS_OFFSET", "STATUS_OK", "STATUS_INVALID", "STATUS_RETRY",
+           "OP_PRIVATE", "OP_SHARED", "Entry", "Run", "Outcome", "encode_entry", "encode_request",
+           "parse", "merge", "serve", "PAGE_SIZE"]

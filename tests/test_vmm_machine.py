@@ -1,0 +1,344 @@
+"""The machine on real KVM: boot, the trace player, PSC doorbell, host access rules,
+exit handlers (including the exits this host never delivers, driven through kvm_run),
+error propagation, timeouts and resource hygiene."""
+
+import errno
+import gc
+import os
+import struct
+import threading
+import time
+
+import pytest
+
+from privmem import AccessDenied, Busy, GuestError, InvalidArgument
+from privmem.attrs import MemoryAttributes
+from privmem.convert import ConversionEngine, ConversionTracker, make_policy
+from privmem.kvm import uapi
+from privmem.units import MiB
+from privmem.vmm import GuestOp, Machine, layout, psc
+from privmem.vmm.psc import OP_PRIVATE, OP_SHARED, encode_entry, encode_request
+
+pytestmark = pytest.mark.kvm
+
+BASE = 4 * MiB
+PAGE = 4096
+TIMEOUT = 30
+
+
+def W(kind, gpa, size, vcpu=0, **kw):
+    return GuestOp(kind, gpa, size, vcpu, **kw)
+
+
+class FlakyEngine(ConversionEngine):
+    """Fault injection: the first ``busy`` conversions raise Busy; ``boom`` raises in convert."""
+
+    def __init__(self, shared, private, memory, busy=0, boom=None):
+        super().__init__(ConversionTracker(MemoryAttributes()), make_policy("never", memory), shared, private)
+        self.busy, self.boom = busy, boom
+
+    def convert(self, gpa, size, to_private, vcpu=0):
+        if self.boom is not None:
+            raise self.boom
+        if self.busy > 0:
+            self.busy -= 1
+            raise Busy("injected")
+        return super().convert(gpa, size, to_private, vcpu)
+
+
+def test_ops_roundtrip_and_data_errors():
+    with Machine("16M", 1) as m:
+        assert m.shared_bit == 16 * MiB and m.reserved_bytes == layout.RESERVED_BYTES
+        assert m.store.has(BASE, 4 * MiB, uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)   # initial="private"
+        r = m.run_ops([
+            W("write", BASE, 2 * PAGE, view="private", pattern=0x11),
+            W("verify", BASE, 2 * PAGE, view="private", pattern=0x11),
+            W("verify", BASE, 2 * PAGE, view="private", pattern=0x12),      # data error, guest goes on
+            W("touch", BASE, 4 * MiB, view="private"),
+            W("convert", BASE, 4 * MiB, to="shared"),
+            W("write", BASE, 2 * PAGE, view="shared", pattern=0x33),
+            W("dma_out", BASE, 2 * PAGE, pattern=0x33),
+            W("dma_in", BASE + PAGE, PAGE, pattern=0x44),
+            W("verify", BASE + PAGE, PAGE, view="shared", pattern=0x44),
+            W("dma_out", BASE, PAGE, pattern=0x99),                           # device-side data error
+        ], timeout=TIMEOUT)
+        assert r.data_errors == 2 and m.data_errors == 2
+        verify_fail, dma_fail = r.failures
+        assert verify_fail == dict(vcpu=0, kind="verify", gpa=BASE, view="private", expected=0x12,
+                                   actual=0x11, mismatched_words=2 * PAGE // 4)
+        assert dma_fail["kind"] == "dma_out" and dma_fail["expected"] == 0x99 and dma_fail["actual"] == 0x33
+        assert r.conversions == 1 and r.pages_converted == 1024 and r.psc_requests == 1
+        assert r.exits == r.exits_by_reason["io"] and m.exits >= r.exits
+        assert m.shared_read(BASE, PAGE) == b"\x33" * PAGE
+        assert m.shared_read(BASE + PAGE, PAGE) == b"\x44" * PAGE
+        assert m.store.has(BASE, 4 * MiB, 0)
+
+
+def test_shared_access_refused_on_private_pages():
+    with Machine("16M", 1, initial="shared") as m:
+        m.shared_write(BASE, b"abc")
+        assert m.shared_read(BASE, 3) == b"abc"
+        m.run_ops([W("convert", BASE + PAGE, PAGE, to="private")], timeout=TIMEOUT)
+        for gpa, n in ((BASE + PAGE, 1), (BASE + PAGE - 1, 2), (BASE, 2 * PAGE), (BASE + 2 * PAGE - 1, 1)):
+            with pytest.raises(AccessDenied):
+                m.shared_read(gpa, n)
+            with pytest.raises(AccessDenied):
+                m.shared_write(gpa, b"x" * n)
+        assert m.shared_read(BASE + PAGE - 1, 1) == b"\0"        # the neighbour stays readable
+        assert m.shared_read(BASE + 2 * PAGE, 1) == b"\0"
+        with pytest.raises(InvalidArgument):
+            m.shared_read(m.memory - 1, 2)
+        with pytest.raises(AccessDenied):                          # reserved code pages are private
+            m.shared_read(layout.CODE_GPA, 1)
+        # a DMA from the guest on a private page is refused, counted, and the guest goes on
+        r = m.run_ops([W("dma_in", BASE + PAGE, PAGE, pattern=1), W("dma_out", BASE + PAGE, PAGE, pattern=1),
+                       W("dma_in", BASE, PAGE, pattern=7)], timeout=TIMEOUT)
+        assert r.dma_errors == 2 and m.shared_read(BASE, PAGE) == b"\7" * PAGE
+
+
+def test_psc_2m_entries_and_busy_retry():
+    holder = {}
+
+    def factory(shared, private):
+        holder["engine"] = FlakyEngine(shared, private, 32 * MiB, busy=3)
+        return holder["engine"]
+
+    with Machine("32M", 1, engine=factory, initial="shared") as m:
+        # [BASE + 4K, BASE + 8M + 8K): 4K entries up to the 2M boundary, 2M entries, then 4K
+        gpa, size = BASE + PAGE, 8 * MiB + PAGE
+        r = m.run_ops([W("convert", gpa, size, to="private")], timeout=TIMEOUT)
+        assert r.psc_retries == 3 and r.psc_errors == 0
+        assert m.store.has(gpa, size, uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
+        assert m.store.has(BASE, PAGE, 0) and m.store.has(gpa + size, PAGE, 0)
+        # 511 + 3 + 2 = 516 entries -> 3 requests; adjacent same-op entries merged per request
+        assert r.psc_requests == 3 + 3 and r.conversions == 3
+
+
+def _ring_psc(m, vcpu, page_bytes):
+    """Put a request in vCPU's comm page and deliver a PSC doorbell exit through kvm_run."""
+    base = layout.comm_gpa(vcpu)
+    m.shared.write(base, page_bytes)
+    run = m.vcpu(vcpu).kvm_run
+    run.exit_reason = uapi.KVM_EXIT_IO
+    run.io.direction, run.io.size, run.io.port, run.io.count = uapi.KVM_EXIT_IO_OUT, 4, layout.PORT_PSC, 1
+    run.io.data_offset = 4096
+    assert m.dispatch(vcpu) is False
+    head = m.shared.read(base, psc.REQUEST_BYTES)
+    return head[:psc.STATUS_OFFSET], struct.unpack_from("<I", head, psc.STATUS_OFFSET)[0]
+
+
+MEM = 16 * MiB
+MALFORMED = {
+    "gfn outside memory": encode_request([encode_entry(MEM >> 12, OP_PRIVATE)]),
+    "2M unaligned": encode_request([encode_entry((BASE >> 12) + 1, OP_PRIVATE, huge=True)]),
+    "2M past memory": encode_request([encode_entry((MEM >> 12) - 256, OP_PRIVATE, huge=True)]),
+    "unknown op": encode_request([encode_entry(BASE >> 12, 5)]),
+    "reserved bits": encode_request([encode_entry(BASE >> 12, OP_PRIVATE) | 1 << 60]),
+    "cur_entry > end_entry": encode_request([encode_entry(BASE >> 12, OP_PRIVATE)] * 2, cur_entry=2, end_entry=1),
+    "end_entry too big": encode_request([encode_entry(BASE >> 12, OP_PRIVATE)], end_entry=253),
+    "overlap": encode_request([encode_entry(BASE >> 12, OP_PRIVATE, huge=True),
+                               encode_entry((BASE >> 12) + 5, OP_SHARED)]),
+    "good then bad": encode_request([encode_entry(BASE >> 12, OP_PRIVATE), encode_entry(BASE >> 12 + 1, 0)]),
+}
+
+
+def test_psc_malformed_requests_from_the_guest_page():
+    with Machine(MEM, 1, initial="shared") as m:
+        before = list(m.store.ranges())
+        for count, (name, page) in enumerate(MALFORMED.items(), 1):
+            head, status = _ring_psc(m, 0, page)
+            assert status == psc.STATUS_INVALID, name
+            assert head == page[:psc.STATUS_OFFSET], name            # nothing written back
+            assert m.psc_errors == count, name
+            assert list(m.store.ranges()) == before, name            # state unchanged
+        assert m.conversions == 0
+        # a good request through the same path works and reports progress
+        head, status = _ring_psc(m, 0, encode_request([encode_entry(BASE >> 12, OP_PRIVATE),
+                                                       encode_entry((BASE >> 12) + 1, OP_PRIVATE)]))
+        assert status == psc.STATUS_OK and struct.unpack_from("<H", head)[0] == 2
+        assert m.store.has(BASE, 2 * PAGE, uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
+        assert m.conversions == 1
+
+
+def test_hypercall_map_gpa_range_handler():
+    with Machine(MEM, 1, initial="shared") as m:
+        hc = m.vcpu(0).kvm_run.hypercall
+
+        def call(nr, gpa, npages, attrs):
+            run = m.vcpu(0).kvm_run
+            run.exit_reason = uapi.KVM_EXIT_HYPERCALL
+            hc.nr, hc.args[0], hc.args[1], hc.args[2], hc.ret = nr, gpa, npages, attrs, 0
+            assert m.dispatch(0) is False
+            return hc.ret - (1 << 64) if hc.ret >> 63 else hc.ret
+
+        enc = uapi.KVM_MAP_GPA_RANGE_ENCRYPTED
+        assert call(12, BASE, 512, enc | uapi.KVM_MAP_GPA_RANGE_PAGE_SZ_2M) == 0
+        assert m.store.has(BASE, 2 * MiB, uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
+        assert call(12, BASE + PAGE, 1, 0) == 0
+        assert m.store.has(BASE + PAGE, PAGE, 0) and m.store.has(BASE, PAGE, 8)
+        assert call(12, BASE + 1, 1, enc) == -uapi.KVM_EINVAL
+        assert call(12, BASE, 0, enc) == -uapi.KVM_EINVAL
+        assert call(12, MEM - PAGE, 2, enc) == -uapi.KVM_EINVAL
+        assert call(11, BASE, 1, enc) == -uapi.KVM_ENOSYS
+        assert m.exit_counts["hypercall"] == 6 and m.conversions == 2
+
+
+def test_hypercall_busy_answers_eagain():
+    with Machine(MEM, 1, engine=lambda s, p: FlakyEngine(s, p, MEM, busy=1), initial="shared") as m:
+        run = m.vcpu(0).kvm_run
+        run.exit_reason = uapi.KVM_EXIT_HYPERCALL
+        run.hypercall.nr, run.hypercall.args[0], run.hypercall.args[1], run.hypercall.args[2] = 12, BASE, 1, 0x10
+        m.dispatch(0)
+        assert run.hypercall.ret == (-errno.EAGAIN) & ((1 << 64) - 1)
+        m.dispatch(0)
+        assert run.hypercall.ret == 0 and m.store.has(BASE, PAGE, 8)
+
+
+def test_memory_fault_handler():
+    with Machine(MEM, 1, initial="shared") as m:
+        run = m.vcpu(0).kvm_run
+
+        def fault(flags, gpa, size=PAGE):
+            run.exit_reason = uapi.KVM_EXIT_MEMORY_FAULT
+            run.memory_fault.flags, run.memory_fault.gpa, run.memory_fault.size = flags, gpa, size
+            return m.dispatch(0)
+
+        assert fault(uapi.KVM_MEMORY_EXIT_FLAG_PRIVATE, BASE) is False
+        assert m.store.has(BASE, PAGE, 8)
+        assert fault(0, BASE) is False
+        assert m.store.has(BASE, PAGE, 0)
+        assert fault(uapi.KVM_MEMORY_EXIT_FLAG_PRIVATE, (BASE + PAGE) | m.shared_bit) is False   # alias address
+        assert m.store.has(BASE + PAGE, PAGE, 8)
+        with pytest.raises(GuestError, match="outside guest memory"):
+            fault(0, MEM + 2 * m.shared_bit)
+        with pytest.raises(GuestError, match="repeated"):
+            for _ in range(2000):
+                fault(uapi.KVM_MEMORY_EXIT_FLAG_PRIVATE, BASE + 2 * PAGE)
+        assert m.exit_counts["memory_fault"] >= 1000
+
+
+def test_fatal_exits_raise_guest_error_with_registers():
+    with Machine(MEM, 1) as m:
+        run = m.vcpu(0).kvm_run
+        for reason, text in ((uapi.KVM_EXIT_SHUTDOWN, "shut down"), (uapi.KVM_EXIT_FAIL_ENTRY, "entry failed"),
+                             (uapi.KVM_EXIT_INTERNAL_ERROR, "internal error"), (77, "unhandled exit")):
+            run.exit_reason = reason
+            with pytest.raises(GuestError, match=text) as info:
+                m.dispatch(0)
+            assert "rip" in info.value.registers
+
+
+def test_handler_exception_stops_every_vcpu_and_is_reraised():
+    boom = RuntimeError("engine exploded")
+    baseline = threading.active_count()
+    with Machine(MEM, 3, engine=lambda s, p: FlakyEngine(s, p, MEM, boom=boom)) as m:
+        ops = [W("convert", BASE, PAGE, vcpu=0, to="shared"),
+               GuestOp("exits", vcpu=1, count=10 ** 9), GuestOp("exits", vcpu=2, count=10 ** 9)]
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match="exploded"):
+            m.run_ops(ops, timeout=TIMEOUT)
+        assert time.monotonic() - start < 5
+        assert threading.active_count() == baseline
+        # the machine is still usable afterwards
+        r = m.run_ops([W("write", BASE, PAGE, view="private", pattern=3)], timeout=TIMEOUT)
+        assert r.data_errors == 0
+
+
+def test_timeout_kicks_a_guest_spinning_in_the_kernel():
+    """Both vCPUs scan memory for seconds without a single exit: only the kick (immediate_exit
+    plus a signal) gets their threads out of KVM_RUN."""
+    baseline = threading.active_count()
+    with Machine(MEM, 2) as m:
+        spin = [W("verify", BASE, 8 * MiB, vcpu=v, view="private", pattern=0) for v in (0, 1) for _ in range(2000)]
+        start = time.monotonic()
+        with pytest.raises(GuestError, match="timed out"):
+            m.run_ops(spin, timeout=0.3)
+        assert time.monotonic() - start < 3
+        assert threading.active_count() == baseline
+        assert m.exits < 10                      # it really was spinning in the guest
+        r = m.run_ops([W("verify", BASE, PAGE, view="private", pattern=0)], timeout=TIMEOUT)
+        assert r.data_errors == 0
+
+
+def test_exit_roundtrip_measurement():
+    with Machine(MEM, 1) as m:
+        per_exit = m.measure_exit_roundtrip(2000)
+        assert 0 < per_exit < 1e-3
+        assert m.exit_counts["io"] >= 2000
+
+
+def _resources():
+    fds = len(os.listdir("/proc/self/fd"))
+    with open("/proc/self/maps") as f:
+        maps = sum(1 for _ in f)
+    return fds, maps, threading.active_count()
+
+
+def test_twenty_machines_leak_nothing():
+    with Machine(MEM, 2) as m:            # warm up: imports, signal handler, libc
+        m.run_ops([W("write", BASE, PAGE, view="private", pattern=1)], timeout=TIMEOUT)
+    before = _resources()
+    for i in range(20):
+        with Machine(MEM, 2) as m:
+            m.run_ops([W("convert", BASE, PAGE, vcpu=i % 2, to="shared"),
+                       W("write", BASE + PAGE, PAGE, vcpu=1 - i % 2, view="private", pattern=i)],
+                      timeout=TIMEOUT)
+        m.close()                          # idempotent
+    machine_without_context = Machine(MEM, 1)
+    machine_without_context.close()
+    forgotten = Machine(MEM, 2)             # never closed: weakref.finalize fallbacks release it
+    forgotten.run_ops([W("write", BASE, PAGE, view="private", pattern=1)], timeout=TIMEOUT)
+    del forgotten
+    gc.collect()
+    assert _resources() == before
+
+
+def test_one_gib_machine_boots_and_runs_ops():
+    with Machine("1G", 2) as m:
+        assert m.shared_bit == 1 << 30
+        top = m.memory - 2 * MiB
+        r = m.run_ops([
+            W("write", top, 2 * MiB, vcpu=0, view="private", pattern=0x5A),
+            W("verify", top, 2 * MiB, vcpu=0, view="private", pattern=0x5A),
+            W("convert", BASE, 2 * MiB, vcpu=1, to="shared"),
+            W("dma_in", BASE, 2 * MiB, vcpu=1, pattern=0x77),
+            W("verify", BASE, 2 * MiB, vcpu=1, view="shared", pattern=0x77),
+        ], timeout=TIMEOUT)
+        assert r.data_errors == 0 and r.dma_errors == 0 and r.conversions == 1
+
+
+def test_two_gib_machine_is_the_limit():
+    with Machine("2G", 1) as m:
+        assert m.shared_bit == 2 << 30
+        top = m.memory - 2 * MiB
+        r = m.run_ops([W("convert", top, 2 * MiB, to="shared"),
+                       W("write", top, 2 * MiB, view="shared", pattern=9),
+                       W("dma_out", top, 2 * MiB, pattern=9)], timeout=TIMEOUT)
+        assert r.data_errors == 0 and r.dma_errors == 0
+
+
+def test_more_ops_than_one_op_list_holds_run_in_rounds():
+    from privmem.vmm import program
+    with Machine(MEM, 32) as m:
+        n = program.capacity(32) + 10
+        r = m.run_ops([W("touch", BASE, PAGE, vcpu=5, view="private")] * n +
+                      [W("verify", BASE, PAGE, vcpu=31, view="private", pattern=0)], timeout=TIMEOUT)
+        assert r.ops == n + 1 and r.data_errors == 0
+        assert r.exits_by_reason["io"] == 2 * 32      # one DONE per vCPU per round
+
+
+def test_private_view_lands_in_guest_memfd_and_eager_discard_zeroes_it():
+    with Machine(MEM, 1, policy="eager") as m:
+        assert m.private.kind == "guest_memfd" and m.private.sealed is False
+        before = m.private.allocated_bytes()
+        r = m.run_ops([W("write", BASE, 16 * PAGE, view="private", pattern=0x22)], timeout=TIMEOUT)
+        assert m.private.sealed
+        assert m.private.allocated_bytes() >= before + 16 * PAGE      # measured from the kernel
+        assert m.shared.read(BASE, 16 * PAGE) == bytes(16 * PAGE)     # nothing reached the memfd
+        with pytest.raises(AccessDenied):
+            m.private.read(BASE, 1)                                    # sealed at launch
+        r = m.run_ops([W("convert", BASE, 16 * PAGE, to="shared"),    # eager: punch guest_memfd
+                       W("convert", BASE, 16 * PAGE, to="private"),
+                       W("verify", BASE, 16 * PAGE, view="private", pattern=0)], timeout=TIMEOUT)
+        assert r.data_errors == 0 and r.conversions == 2
+        assert m.engine.stats.discards >= 2
