@@ -48,7 +48,7 @@ class ConversionEngine:
 
     def __init__(self, tracker: ConversionTracker, policy: Policy, shared, private,
                  clock: Callable[[], float] = time.monotonic,
-                 commit_hooks: list[Callable[[Request], None]] | None = None):
+                 commit_hooks: list[Callable[[Request], None]] | None = None, journal: bool = False):
         self.tracker = tracker
         self.store = tracker.store
         self.policy = policy
@@ -59,6 +59,9 @@ class ConversionEngine:
         self.held = HeldMemory(track_age=policy.drains)
         self.launched = False
         self._retry: list[tuple[int, int, int]] = []
+        # Committed requests in commit order, when asked for: replaying them one by one on a
+        # fresh store must give the same attributes (the concurrency tests' oracle).
+        self.journal: list[Request] | None = [] if journal else None
         self._lock = threading.Lock()
 
     # -- conversions -----------------------------------------------------------------
@@ -74,6 +77,8 @@ class ConversionEngine:
                 self.tracker.abort(request)
                 raise
             conversion = self.tracker.complete(request)
+            if self.journal is not None:
+                self.journal.append(request)
             if conversion.changed:
                 self._account(conversion)
             return conversion
@@ -177,7 +182,10 @@ class ConversionEngine:
         """Raise AccessDenied unless every page of the range is shared: the host and its
         devices never touch private memory."""
         first, end = check_range(gpa, size)
-        for lo, hi, _ in self.store.page_runs(first, end):
+        with self._lock:
+            private = next(self.store.page_runs(first, end), None)
+        if private is not None:
+            lo = private[0]
             raise AccessDenied(f"host access to [{gpa:#x}, {gpa + size:#x}) refused: "
                                f"page {lo << PAGE_SHIFT:#x} is private")
 
