@@ -16,6 +16,7 @@ from ..errors import InvalidArgument
 from ..units import ADDRESS_LIMIT, PAGE_SHIFT, is_page_aligned
 
 ATTR_PRIVATE = 1 << 3  # KVM_MEMORY_ATTRIBUTE_PRIVATE
+_PAGE_MASK = (1 << PAGE_SHIFT) - 1
 
 
 def _require_u64(field: str, value: object) -> int:
@@ -39,6 +40,11 @@ def check_set(address: int, size: int, attributes: int, flags: int, supported: i
 
 def check_range(address: int, size: int) -> tuple[int, int]:
     """Validate a page range as the kernel does; return ``(first gfn, end gfn)``."""
+    # Valid ranges take one combined test (this runs once per conversion); the checks that
+    # name the offending field run only when it fails.
+    if (type(address) is int and type(size) is int and address >= 0 and size > 0
+            and not (address | size) & _PAGE_MASK and address + size <= ADDRESS_LIMIT):
+        return address >> PAGE_SHIFT, (address + size) >> PAGE_SHIFT
     _require_u64("address", address)
     _require_u64("size", size)
     if size == 0:
