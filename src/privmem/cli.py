@@ -66,6 +66,15 @@ def _choices(field: str, choices):
     return parse
 
 
+def _report(console, bench, results, json_out: str) -> None:
+    """A benchmark module's table, its headline figures, and its JSON file."""
+    console.print(bench.table(results))
+    for line in bench.headline(results):
+        console.print(line)
+    _write_json(json_out, bench.as_json(results))
+    console.print(f"JSON written to {json_out}")
+
+
 # -- bench ------------------------------------------------------------------------------
 
 def cmd_bench(args) -> int:
@@ -102,11 +111,7 @@ def cmd_bench_store(args) -> int:
     with console.status("measuring") as status:
         results = store.run(args.guests, include_pagemap=not args.no_pagemap,
                             progress=lambda what: status.update(f"measuring {what}"))
-    console.print(store.table(results))
-    for line in store.headline(results):
-        console.print(line)
-    _write_json(args.json_out, store.as_json(results))
-    console.print(f"JSON written to {args.json_out}")
+    _report(console, store, results, args.json_out)
     return 0
 
 
@@ -114,12 +119,7 @@ def cmd_bench_flipflop(args) -> int:
     from .bench import flipflop
 
     console = _console()
-    results = flipflop.run(args.flips)
-    console.print(flipflop.table(results))
-    for line in flipflop.headline(results):
-        console.print(line)
-    _write_json(args.json_out, flipflop.as_json(results))
-    console.print(f"JSON written to {args.json_out}")
+    _report(console, flipflop, flipflop.run(args.flips), args.json_out)
     return 0
 
 

@@ -237,6 +237,18 @@ class Backing:
         return f"<{type(self).__name__} {self.kind} size={self.size:#x} {state}>"
 
 
+def _mapped_memfd(name: str, size: int) -> tuple[int, int, HostMapping]:
+    """A memfd of ``size`` bytes and a read/write MAP_SHARED mapping of it; nothing touched."""
+    _check_size(size)
+    fd = syscalls.memfd_create(name, syscalls.MFD_CLOEXEC)
+    try:
+        syscalls.ftruncate(fd, size)
+        return fd, size, HostMapping(fd, size, _RW)
+    except BaseException:
+        syscalls.close(fd)
+        raise
+
+
 class SharedBacking(Backing):
     """Shared guest memory: a memfd plus a MAP_SHARED read/write mapping (``hva``)."""
 
@@ -245,15 +257,7 @@ class SharedBacking(Backing):
     @classmethod
     def create(cls, size: int, name: str = "privmem-shared") -> "SharedBacking":
         """A memfd of ``size`` bytes, mapped; nothing is allocated or touched."""
-        _check_size(size)
-        fd = syscalls.memfd_create(name, syscalls.MFD_CLOEXEC)
-        try:
-            syscalls.ftruncate(fd, size)
-            mapping = HostMapping(fd, size, _RW)
-        except BaseException:
-            syscalls.close(fd)
-            raise
-        return cls(fd, size, mapping)
+        return cls(*_mapped_memfd(name, size))
 
 
 class PrivateBacking(Backing):
@@ -301,15 +305,7 @@ class PrivateBacking(Backing):
     @classmethod
     def standin(cls, size: int, name: str = "privmem-private-standin") -> "PrivateBacking":
         """A memfd playing guest_memfd for hosts without /dev/kvm: same rules, same accounting."""
-        _check_size(size)
-        fd = syscalls.memfd_create(name, syscalls.MFD_CLOEXEC)
-        try:
-            syscalls.ftruncate(fd, size)
-            mapping = HostMapping(fd, size, _RW)
-        except BaseException:
-            syscalls.close(fd)
-            raise
-        return cls(fd, size, mapping, kind="memfd-standin")
+        return cls(*_mapped_memfd(name, size), kind="memfd-standin")
 
     @property
     def sealed(self) -> bool:
