@@ -46,8 +46,9 @@ class FlakyEngine(ConversionEngine):
         return super().convert(gpa, size, to_private, vcpu)
 
 
-def test_ops_roundtrip_and_data_errors():
-    with Machine("16M", 1) as m:
+@pytest.mark.parametrize("data_check", ["sampled", "full"])
+def test_ops_roundtrip_and_data_errors(data_check):
+    with Machine("16M", 1, data_check=data_check) as m:
         assert m.shared_bit == 16 * MiB and m.reserved_bytes == layout.RESERVED_BYTES
         assert m.store.has(BASE, 4 * MiB, uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)   # initial="private"
         r = m.run_ops([
@@ -65,11 +66,15 @@ def test_ops_roundtrip_and_data_errors():
         assert r.data_errors == 2 and m.data_errors == 2
         verify_fail, dma_fail = r.failures
         assert verify_fail == dict(vcpu=0, kind="verify", gpa=BASE, view="private", expected=0x12,
-                                   actual=0x11, mismatched_words=2 * PAGE // 4)
+                                   actual=0x11, mismatched_words=2 * (PAGE // 4 if data_check == "full" else 4))
         assert dma_fail["kind"] == "dma_out" and dma_fail["expected"] == 0x99 and dma_fail["actual"] == 0x33
         assert r.conversions == 1 and r.pages_converted == 1024 and r.psc_requests == 1
         assert r.exits == r.exits_by_reason["io"] and m.exits >= r.exits
-        assert m.shared_read(BASE, PAGE) == b"\x33" * PAGE
+        written = m.shared_read(BASE, PAGE)
+        if data_check == "full":
+            assert written == b"\x33" * PAGE
+        else:                               # the first and the last qword of the page
+            assert written == b"\x33" * 8 + bytes(PAGE - 16) + b"\x33" * 8
         assert m.shared_read(BASE + PAGE, PAGE) == b"\x44" * PAGE
         assert m.store.has(BASE, 4 * MiB, 0)
 
@@ -342,3 +347,72 @@ def test_private_view_lands_in_guest_memfd_and_eager_discard_zeroes_it():
                        W("verify", BASE, 16 * PAGE, view="private", pattern=0)], timeout=TIMEOUT)
         assert r.data_errors == 0 and r.conversions == 2
         assert m.engine.stats.discards >= 2
+
+
+def test_sampled_checks_see_the_first_and_last_qword_of_every_page():
+    """Sampled verify (the default) catches a wrong or zero sample byte and names it; a byte
+    outside the sample is seen only with data_check="full".  DMA_OUT checks the same sample."""
+    with Machine(MEM, 1, initial="shared") as m:
+        assert m.data_check == "sampled"
+        r = m.run_ops([W("write", BASE, 4 * PAGE, view="shared", pattern=0x5C)], timeout=TIMEOUT)
+        for page in range(4):          # exactly the sample bytes were written
+            assert m.shared_read(BASE + page * PAGE, PAGE) == b"\x5c" * 8 + bytes(PAGE - 16) + b"\x5c" * 8
+        m.shared_write(BASE + 2 * PAGE + PAGE - 1, b"\0")          # last byte of page 2
+        m.shared_write(BASE + 3 * PAGE + 5, b"\x77")               # inside page 3's first qword
+        m.shared_write(BASE + PAGE + 2048, b"\x01")                # page 1, outside the sample
+        r = m.run_ops([W("verify", BASE, 4 * PAGE, view="shared", pattern=0x5C),
+                       W("dma_out", BASE, 4 * PAGE, pattern=0x5C)], timeout=TIMEOUT)
+        verify, dma = r.failures
+        assert verify == dict(vcpu=0, kind="verify", gpa=BASE + 3 * PAGE - 1, view="shared", expected=0x5C,
+                              actual=0, mismatched_words=2)
+        assert dma == dict(vcpu=0, kind="dma_out", gpa=BASE + 3 * PAGE - 1, expected=0x5C, actual=0,
+                           mismatched_bytes=2)
+        m.data_check = "full"
+        r = m.run_ops([W("dma_in", BASE, PAGE, pattern=3), W("verify", BASE, 2 * PAGE, view="shared", pattern=3),
+                       W("dma_out", BASE, 2 * PAGE, pattern=3)], timeout=TIMEOUT)
+        verify, dma = r.failures
+        assert verify["gpa"] == BASE + PAGE and verify["mismatched_words"] == PAGE // 4
+        assert dma["gpa"] == BASE + PAGE and dma["mismatched_bytes"] == PAGE
+        with pytest.raises(InvalidArgument, match="data_check"):
+            m.data_check = "most"
+    with pytest.raises(InvalidArgument, match="data_check"):
+        Machine(MEM, 1, data_check="every other byte")
+
+
+def test_sampled_verify_sees_a_discarded_page():
+    with Machine(MEM, 1, policy="eager") as m:
+        r = m.run_ops([W("write", BASE, 2 * PAGE, view="private", pattern=0x42),
+                       W("convert", BASE + PAGE, PAGE, to="shared"),      # eager: the private page is punched
+                       W("convert", BASE + PAGE, PAGE, to="private"),
+                       W("verify", BASE, 2 * PAGE, view="private", pattern=0x42)], timeout=TIMEOUT)
+        assert r.data_errors == 1 and r.conversions == 2
+        assert r.failures[0]["gpa"] == BASE + PAGE and r.failures[0]["actual"] == 0
+        assert r.failures[0]["mismatched_words"] == 4
+
+
+@pytest.mark.parametrize("policy", ["never", "eager"])
+def test_measure_conversion_cost(policy):
+    with Machine(MEM, 1, policy=policy) as m:
+        assert m.psc_handler_ns == 0
+        cost = m.measure_conversion_cost(400)
+        assert cost["conversions"] == 400 and cost["policy"] == policy
+        assert 0 < cost["exit_roundtrip_us"] < 1000 and 0 < cost["vmm_us_per_conversion"] < 1000
+        assert cost["conversion_roundtrip_us"] > cost["vmm_us_per_conversion"]
+        assert cost["ratio"] == pytest.approx(cost["vmm_us_per_conversion"] / cost["exit_roundtrip_us"])
+        assert m.psc_handler_ns >= 400 * cost["vmm_us_per_conversion"] * 1e3
+        assert m.store.has(m.reserved_bytes, PAGE, uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)   # flipped back
+        with pytest.raises(InvalidArgument):
+            m.measure_conversion_cost(1)
+
+
+def test_shared_matches_follows_data_check():
+    with Machine(MEM, 1, initial="shared") as m:
+        m.run_ops([W("write", BASE, 2 * PAGE, view="shared", pattern=9)], timeout=TIMEOUT)
+        assert m.shared_matches(BASE, 2 * PAGE, 9) and not m.shared_matches(BASE, 2 * PAGE, 8)
+        assert m.shared_matches(BASE, 8, 9) and not m.shared_matches(BASE, 16, 9)   # partial: every byte
+        m.data_check = "full"
+        assert not m.shared_matches(BASE, 2 * PAGE, 9)
+        with pytest.raises(InvalidArgument, match="pattern"):
+            m.shared_matches(BASE, PAGE, 256)
+        with pytest.raises(AccessDenied):
+            m.shared_matches(layout.CODE_GPA, PAGE, 0)

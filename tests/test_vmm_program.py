@@ -1,12 +1,13 @@
 """Op-list encoding for the trace player (pure logic) and its layout invariants."""
 
+import re
 import struct
 
 import pytest
 
 from privmem import InvalidArgument
 from privmem.units import MiB
-from privmem.vmm import GuestOp, Machine, layout, program
+from privmem.vmm import GuestOp, Machine, layout, program, psc
 from privmem.workload import Op
 
 MEM = 64 << 20
@@ -23,17 +24,48 @@ def test_layout_is_consistent():
 
 
 def test_encode_records():
-    rec = program.encode_op(Op("convert", BASE, 8192, 0, to="private"))
-    assert struct.unpack("<BBBxIII", rec) == (1, 1, 0, BASE, 8192, 0)
-    rec = program.encode_op(Op("write", BASE, 4096, 1, view="shared", pattern=0xAB))
-    assert struct.unpack("<BBBxIII", rec) == (2, 2, 0xAB, BASE, 4096, 0)
-    rec = program.encode_op(Op("verify", BASE, 4096, view="private", pattern=7))
-    assert struct.unpack("<BBBxIII", rec) == (3, 0, 7, BASE, 4096, 0)
-    rec = program.encode_op(Op("touch", BASE, 4096, view="shared"))
-    assert struct.unpack("<BBBxIII", rec)[:2] == (4, 2)
-    assert program.encode_op(Op("dma_in", BASE, 4096, pattern=9))[:3] == bytes([5, 0, 9])
-    assert program.encode_op(Op("dma_out", BASE, 4096, pattern=9))[:3] == bytes([6, 0, 9])
-    assert struct.unpack("<BBBxIII", program.encode_op(GuestOp("exits", count=5))) == (7, 0, 0, 0, 0, 5)
+    """The encoder does the player's arithmetic: view-resolved address, pattern dword, PSC bits."""
+    shared_bit = 1 << 26
+    unpack = lambda op, **kw: struct.unpack("<BBBxIII", program.encode_op(op, shared_bit, **kw))  # noqa: E731
+    assert unpack(Op("convert", BASE, 8192, 0, to="private")) == (1, 1, 0, BASE, 8192, 1 << 20)
+    assert unpack(Op("convert", BASE, 4096, 0, to="shared")) == (program.K_CONVERT_PAGE, 0, 0, BASE, 4096, 2 << 20)
+    assert unpack(Op("write", BASE, 4096, 1, view="shared", pattern=0xAB)) == \
+        (2, 2, 0xAB, BASE | shared_bit, 4096, 0xABABABAB)
+    assert unpack(Op("verify", BASE, 4096, view="private", pattern=7)) == (3, 0, 7, BASE, 4096, 0x07070707)
+    assert unpack(Op("write", BASE, 4096, view="private", pattern=7), data_check="full")[0] == program.K_WRITE_FULL
+    assert unpack(Op("verify", BASE, 4096, view="shared", pattern=7), data_check="full")[:4] == \
+        (program.K_VERIFY_FULL, 2, 7, BASE | shared_bit)
+    assert unpack(Op("touch", BASE, 4096, view="shared"))[:4] == (4, 2, 0, BASE | shared_bit)
+    assert unpack(Op("dma_in", BASE, 4096, pattern=9)) == (5, 0, 9, BASE, 4096, 0)     # the device uses the gpa
+    assert unpack(Op("dma_out", BASE, 4096, pattern=9))[:4] == (6, 0, 9, BASE)
+    assert unpack(GuestOp("exits", count=5)) == (7, 0, 0, 0, 0, 5)
+    with pytest.raises(InvalidArgument, match="shared_bit"):
+        program.encode_op(Op("touch", BASE, 4096, view="shared"))
+    with pytest.raises(InvalidArgument, match="data_check"):
+        program.encode_op(Op("write", BASE, 4096, view="private", pattern=1), shared_bit, data_check="most")
+
+
+def _player_constants() -> dict:
+    from privmem.vmm.guest import assemble
+    source = (assemble.HERE / "player.S").read_text()
+    return {m[0]: eval(m[1], {}) for m in re.findall(r"^\s*\.equ (\w+), ([^/\n]+?)\s*(?:/\*.*)?$", source, re.M)}
+
+
+def test_player_agrees_with_layout_psc_and_program():
+    equ = _player_constants()
+    assert equ["LOAD_ADDR"] == layout.CODE_GPA and equ["OP_SIZE"] == program.RECORD.size
+    for name in ("DONE", "PSC", "DMA_IN", "DMA_OUT", "VERIFY_FAIL", "NOP"):
+        assert equ[f"PORT_{name}"] == getattr(layout, f"PORT_{name}"), name
+    for kind, code in program.KIND_CODES.items():
+        assert equ[f"K_{kind.upper()}"] == code, kind
+    assert (equ["K_CONVERT_PAGE"], equ["K_WRITE_FULL"], equ["K_VERIFY_FULL"]) == \
+        (program.K_CONVERT_PAGE, program.K_WRITE_FULL, program.K_VERIFY_FULL)
+    assert equ["PSC_ENTRIES"] == psc.ENTRIES_OFFSET and equ["PSC_STATUS"] == psc.STATUS_OFFSET
+    assert equ["PSC_MAX_ENTRIES"] == psc.MAX_ENTRIES and equ["PSC_STATUS_RETRY"] == psc.STATUS_RETRY
+    assert equ["PSC_SIZE_2M"] << 32 == 1 << 56
+    assert (equ["MB_GPA"], equ["MB_COUNT"], equ["PARAM_VCPU"]) == (layout.MAILBOX, layout.MAILBOX + 16,
+                                                                  layout.PARAMS + 4)
+    assert [(0, 8), (equ["SAMPLE_LAST"], 8)] == list(layout.SAMPLE_OFFSETS)
 
 
 BAD = [

@@ -140,3 +140,68 @@ def test_engine_refusal_is_invalid_not_a_crash():
         raise InvalidArgument("gpa", gpa, "engine says no")
     outcome = psc.serve(encode_request([encode_entry(1, OP_PRIVATE)]), MEMORY, refuse)
     assert outcome.status == psc.STATUS_INVALID and "engine says no" in outcome.error
+
+
+# ---- the VMM's in-place path: same decisions, same bytes as serve + patch ---------------
+
+def _both(page, busy_at=None, refuse=False):
+    """(status, buffer after, calls) from serve+patch and from serve_in_place."""
+    out = []
+    for in_place in (False, True):
+        rec = Recorder(busy_at)
+        convert = rec
+        if refuse:
+            def convert(gpa, size, to_private):
+                raise InvalidArgument("gpa", gpa, "engine says no")
+        if in_place:
+            buffer = bytearray(page.ljust(4096, b"\0"))
+            status, error = psc.serve_in_place(memoryview(buffer), MEMORY, convert)
+            after = bytes(buffer[:psc.REQUEST_BYTES])
+        else:
+            outcome = psc.serve(page, MEMORY, convert)
+            head, status_bytes = outcome.patch(page)
+            status, error, after = outcome.status, outcome.error, head + status_bytes
+        out.append((status, error, after, rec.calls))
+    return out
+
+
+IN_PLACE_CASES = {
+    **{f"malformed: {k}": (encode_request(v), {}) for k, v in MALFORMED.items()},
+    "one 4K private": (encode_request([encode_entry(7, OP_PRIVATE)]), {}),
+    "one 4K shared, last gfn": (encode_request([encode_entry(LAST_GFN, OP_SHARED)]), {}),
+    "one 2M shared": (encode_request([encode_entry(1024, OP_SHARED, huge=True)]), {}),
+    "one 2M, cur_page 100": (encode_request([encode_entry(1024, OP_SHARED, huge=True, cur_page=100)]), {}),
+    "one 4K already done": (encode_request([encode_entry(7, OP_PRIVATE, cur_page=1)]), {}),
+    "last of three left": (encode_request([encode_entry(1, OP_PRIVATE), encode_entry(2, OP_PRIVATE),
+                                           encode_entry(3, OP_SHARED)], cur_entry=2), {}),
+    "one 4K busy": (encode_request([encode_entry(7, OP_PRIVATE)]), {"busy_at": 0}),
+    "one 4K refused by the engine": (encode_request([encode_entry(7, OP_PRIVATE)]), {"refuse": True}),
+    "two entries": (encode_request([encode_entry(7, OP_PRIVATE), encode_entry(8, OP_PRIVATE)]), {}),
+    "header reserved set": (encode_request([encode_entry(7, OP_PRIVATE)], reserved=1), {}),
+    "end_entry 253": (encode_request([encode_entry(7, OP_PRIVATE)], cur_entry=253, end_entry=253), {}),
+}
+
+
+@pytest.mark.parametrize("name", IN_PLACE_CASES)
+def test_in_place_path_matches_serve_and_patch(name):
+    page, kw = IN_PLACE_CASES[name]
+    (status, error, after, calls), (status2, error2, after2, calls2) = _both(page, **kw)
+    assert (status2, error2, calls2) == (status, error, calls)
+    assert after2 == after
+
+
+def test_in_place_path_matches_serve_on_random_requests():
+    import random
+    rng = random.Random(5)
+    for _ in range(3000):
+        gfn = rng.choice([rng.randrange(1 << 40), rng.randrange(LAST_GFN + 2), 512 * rng.randrange(33)])
+        raw = encode_entry(gfn, rng.choice([0, 1, 2, 3, 15]), rng.random() < 0.3, rng.choice([0, 0, 0, 1, 511, 512]))
+        if rng.random() < 0.05:
+            raw |= 1 << rng.randrange(57, 64)
+        count = rng.choice([1, 1, 1, 2, 3])
+        entries = [raw] + [encode_entry(rng.randrange(LAST_GFN), OP_SHARED) for _ in range(count - 1)]
+        cur = rng.choice([0, count - 1])
+        page = encode_request(entries, cur_entry=cur)
+        first, second = _both(page, busy_at=rng.choice([None, None, 0]))
+        assert first[:2] == second[:2] and first[3] == second[3], hex(raw)
+        assert first[2] == second[2], hex(raw)

@@ -169,6 +169,16 @@ def cmd_trace_generate(args) -> int:
     return 0
 
 
+def cmd_soak(args) -> int:
+    from .soak import format_soak, run_soak
+
+    result = run_soak(args.seconds, vcpus=args.vcpus, memory=args.memory, policy=args.policy,
+                      backend=args.backend, seed=args.seed, data_check=args.data_check)
+    print(json.dumps(result, indent=2) if args.json else format_soak(result))
+    failed = any(result[key] for key in ("data_errors", "dma_errors", "psc_errors", "state_errors"))
+    return 1 if failed else 0
+
+
 def cmd_info(args) -> int:
     from .kvm.probe import format_info, probe
 
@@ -242,6 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--scale", type=float, default=1.0)
     gen.set_defaults(handler=cmd_trace_generate)
+
+    soak = commands.add_parser("soak", help="random conversions and DMA across vCPUs, verified at the end")
+    soak.add_argument("--seconds", type=float, default=10.0)
+    soak.add_argument("--vcpus", type=_positive_int("vcpus"), default=2)
+    soak.add_argument("--memory", type=_size("memory"), default=64 << 20)
+    soak.add_argument("--policy", type=_choice("policy", POLICIES), default="lazy")
+    soak.add_argument("--backend", type=_choice("backend", BACKENDS))
+    soak.add_argument("--seed", type=int, default=0)
+    soak.add_argument("--data-check", type=_choice("data-check", ("full", "sampled")), default="full",
+                      help="guest data checks: every byte, or a sample per page (faster on emulated guests)")
+    soak.add_argument("--json", action="store_true")
+    soak.set_defaults(handler=cmd_soak)
 
     info = commands.add_parser("info", help="what this host's KVM offers, probed")
     info.add_argument("--json", action="store_true")

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 
 from ..convert import POLICIES
 from ..runner import RunResult, default_backend, run_trace
-from ..units import GiB, PAGE_SIZE, format_size
+from ..units import GiB, format_size
 from ..workload import generate
-from ..workload import ops as op
 
 DEFAULT_WORKLOADS = ("boot", "ovmf-dma")
 DEFAULT_POLICIES = tuple(POLICIES)
@@ -49,8 +48,7 @@ class BenchReport:
     config: BenchConfig
     backend: str
     runs: list[RunResult] = field(default_factory=list)
-    exit_roundtrip_us: float | None = None
-    conversion_roundtrip_us: float | None = None
+    conversion_cost: dict | None = None   # Machine.measure_conversion_cost under never
 
     def best(self, workload: str, policy: str, tracking: str = "store") -> RunResult | None:
         runs = [r for r in self.runs if (r.workload, r.policy, r.tracking) == (workload, policy, tracking)]
@@ -81,7 +79,7 @@ class BenchReport:
                                 **_figures(memslot)})
         return {"backend": self.backend, "memory": self.config.memory, "vcpus": self.config.vcpus,
                 "repeat": self.config.repeat, "scale": self.config.scale, "seed": self.config.seed,
-                "exit_roundtrip_us": self.exit_roundtrip_us, "conversion_roundtrip_us": self.conversion_roundtrip_us,
+                "conversion_cost": self.conversion_cost,
                 "summary": summary, "runs": [r.as_dict(timeline=True) for r in self.runs]}
 
 
@@ -98,19 +96,13 @@ def planned_runs(config: BenchConfig, backend: str) -> int:
     return config.repeat * (per_round + memslot_runs) + (2 if backend == "kvm" else 0)
 
 
-def roundtrips(memory: int, count: int) -> tuple[float, float]:
-    """(bare port-I/O exit round trip, one-page conversion round trip under never), in µs,
-    measured on one KVM machine in the same run."""
+def conversion_cost(memory: int, count: int) -> dict:
+    """On one KVM machine under ``never``, in one call: a bare port-I/O exit round trip, a
+    one-page conversion round trip, and the VMM's own time per conversion (µs)."""
     from ..vmm.machine import Machine
 
     with Machine(memory, 1, policy="never") as machine:
-        exit_us = machine.measure_exit_roundtrip(count) * 1e6
-        page = machine.reserved_bytes
-        flips = [o for _ in range(count // 2)
-                 for o in (op.convert(page, PAGE_SIZE, "shared"), op.convert(page, PAGE_SIZE, "private"))]
-        machine.run_ops(flips[:2])  # warm up: fault in the player's pages
-        result = machine.run_ops(flips)
-        return exit_us, result.wall_time / max(result.conversions, 1) * 1e6
+        return machine.measure_conversion_cost(count)
 
 
 def run(config: BenchConfig, progress=None) -> BenchReport:
@@ -125,7 +117,7 @@ def run(config: BenchConfig, progress=None) -> BenchReport:
             progress(text)
 
     if backend == "kvm":
-        report.exit_roundtrip_us, report.conversion_roundtrip_us = roundtrips(config.memory, config.roundtrips)
+        report.conversion_cost = conversion_cost(config.memory, config.roundtrips)
         tick("exit and conversion round trips")
         tick("")
     for round_index in range(config.repeat):
@@ -179,10 +171,12 @@ def headline(report: BenchReport) -> list[str]:
         memslot = report.ratio(workload, "never", "memslots")
         if memslot:
             lines.append(f"{workload}: memslot-splitting tracking takes {memslot:.2f}x the store's time (both under never)")
-    if report.exit_roundtrip_us:
-        lines.append(f"bare port-I/O exit round trip {report.exit_roundtrip_us:.1f} µs; one-page conversion round "
-                     f"trip under never {report.conversion_roundtrip_us:.1f} µs = "
-                     f"{report.conversion_roundtrip_us / report.exit_roundtrip_us:.2f}x")
+    cost = report.conversion_cost
+    if cost:
+        lines.append(f"under never: VMM time per conversion {cost['vmm_us_per_conversion']:.1f} µs = "
+                     f"{cost['ratio']:.2f}x a bare port-I/O exit round trip ({cost['exit_roundtrip_us']:.1f} µs); "
+                     f"guest-to-guest conversion round trip {cost['conversion_roundtrip_us']:.1f} µs "
+                     f"({cost['conversions']:,} conversions)")
     errors = sum(r.data_errors + r.dma_errors for r in report.runs)
     lines.append(f"data errors across all runs: {errors}")
     return lines

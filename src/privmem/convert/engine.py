@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from ..attrs.validate import ATTR_PRIVATE, check_range
-from ..errors import AccessDenied, InvalidState, SyscallError
+from ..errors import AccessDenied, InvalidArgument, InvalidState, SyscallError
 from ..units import PAGE_SHIFT
 from .held import HELD_PRIVATE, HELD_SHARED, SIDES, HeldMemory
 from .policies import DISCARD, Policy
@@ -53,6 +53,7 @@ class ConversionEngine:
         self.store = tracker.store
         self.policy = policy
         self.backings = {HELD_SHARED: shared, HELD_PRIVATE: private}
+        self.memory = min(shared.size, private.size)
         self.clock = clock
         self.commit_hooks = list(commit_hooks or [])
         self.stats = EngineStats()
@@ -68,6 +69,7 @@ class ConversionEngine:
 
     def convert(self, gpa: int, size: int, to_private: bool, vcpu: int = 0) -> Conversion:
         """Convert a range; raises ``Busy`` if it overlaps a conversion in flight."""
+        self._check_inside(gpa, size)
         request = self.tracker.request(gpa, size, to_private, vcpu)
         with self._lock:
             try:
@@ -83,22 +85,37 @@ class ConversionEngine:
                 self._account(conversion)
             return conversion
 
+    def _check_inside(self, gpa: int, size: int) -> None:
+        """Guest memory ends where the backings do: refuse, before anything is committed."""
+        check_range(gpa, size)
+        if gpa + size > self.memory:
+            raise InvalidArgument("size", size, f"[{gpa:#x}, {gpa + size:#x}) runs past guest memory "
+                                  f"({self.memory:#x})")
+
     def _account(self, conversion: Conversion) -> None:
         now = self.clock()
         entered, left = (HELD_PRIVATE, HELD_SHARED) if conversion.to_private else (HELD_SHARED, HELD_PRIVATE)
         stats = self.stats
         stats.conversions += 1
         stats.pages_converted += conversion.pages_changed
-        discards = self._take_retries() if self._retry else []
+        discards: list[tuple[int, int, int]] = []
+        policy, held = self.policy, self.held
+        holds_all = policy.holds(left)
         for gpa, size in conversion.changed:
-            reclaimed = self.held.reclaim(gpa, size, entered)
+            if holds_all:
+                reclaimed = held.hold(gpa, size, left, now)
+                policy.entered(gpa, size, reclaimed)
+            else:
+                reclaimed = held.reclaim(gpa, size, entered)
+                policy.entered(gpa, size, reclaimed)
+                for piece_gpa, piece_size, verdict in policy.left_behind(left, gpa, size):
+                    if verdict == DISCARD:
+                        discards.append((piece_gpa, piece_size, left))
+                    else:
+                        held.hold(piece_gpa, piece_size, left, now)
             stats.reclaimed_bytes += reclaimed
-            self.policy.entered(gpa, size, reclaimed)
-            for piece_gpa, piece_size, verdict in self.policy.left_behind(left, gpa, size):
-                if verdict == DISCARD:
-                    discards.append((piece_gpa, piece_size, left))
-                else:
-                    self.held.hold(piece_gpa, piece_size, left, now)
+        if self._retry:  # after the reclaim above: a page that came back needs no discard
+            discards += self._take_retries()
         discards += self.policy.drain(self.held, now)
         self._discard(discards, now)
 
@@ -146,7 +163,7 @@ class ConversionEngine:
         """Initial state before launch (e.g. all guest RAM private, as QEMU sets it when it
         creates the slot): no conversion is counted and nothing is discarded."""
         self._require_unlaunched("set_initial")
-        check_range(gpa, size)
+        self._check_inside(gpa, size)
         with self._lock:
             self.store.set(gpa, size, ATTR_PRIVATE if private else 0)
 
@@ -160,7 +177,7 @@ class ConversionEngine:
         """Before launch: copy the shared view into private memory and make the range
         private (SNP's launch update; the seed's in-place encryption)."""
         self._require_unlaunched("populate")
-        check_range(gpa, size)
+        self._check_inside(gpa, size)
         data = self.backings[HELD_SHARED].read(gpa, size)
         self.backings[HELD_PRIVATE].write(gpa, data)
         return self.convert(gpa, size, True)

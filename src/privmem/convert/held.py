@@ -42,17 +42,24 @@ class HeldMemory:
     def total(self) -> int:
         return self.held_bytes[HELD_SHARED] + self.held_bytes[HELD_PRIVATE]
 
-    def hold(self, gpa: int, size: int, side: int, now: float) -> None:
-        """The pages of ``[gpa, gpa + size)`` left ``side``; its memory is now held."""
+    def hold(self, gpa: int, size: int, side: int, now: float) -> int:
+        """The pages of ``[gpa, gpa + size)`` left ``side``; its memory is now held.  Memory
+        held there for the other side is in use again (the pages just came back to it):
+        returns those reclaimed bytes, so a flip costs one store update, not two."""
         first, end = gpa >> PAGE_SHIFT, (gpa + size) >> PAGE_SHIFT
         held = self.held_bytes
+        reclaimed = 0
         for lo, hi, value in list(self._store.page_runs(first, end)):
-            held[value & _SIDE_MASK] -= (hi - lo) << PAGE_SHIFT
+            replaced = (hi - lo) << PAGE_SHIFT
+            held[value & _SIDE_MASK] -= replaced
+            if value & _SIDE_MASK != side:
+                reclaimed += replaced
         value = side | (next(self._tags) << _TAG_SHIFT if self.track_age else 0)
         self._store.assign_pages(first, end, value)
         held[side] += size
         if self.track_age:
             self._fifo.append((now, gpa, size, value))
+        return reclaimed
 
     def release(self, gpa: int, size: int, side: int | None = None,
                 value: int | None = None) -> list[tuple[int, int, int]]:

@@ -22,6 +22,11 @@ class Policy:
     summary = ""
     drains = False  # does it discard held memory later (so held memory is "queued")?
 
+    def holds(self, side: int) -> bool:
+        """True when memory left on ``side`` is always held whole (the engine's fast path:
+        ``left_behind`` would answer one HOLD piece for any range)."""
+        return False
+
     def left_behind(self, side: int, gpa: int, size: int) -> list[tuple[int, int, str]]:
         """Split a range whose ``side`` was left into ``(gpa, size, DISCARD|HOLD)`` pieces."""
         raise NotImplementedError
@@ -37,6 +42,9 @@ class Policy:
 class NeverPolicy(Policy):
     name, summary = "never", "no discard at all: the time lower bound, as plain SNP had"
 
+    def holds(self, side):
+        return True
+
     def left_behind(self, side, gpa, size):
         return [(gpa, size, HOLD)]
 
@@ -51,6 +59,9 @@ class EagerPolicy(Policy):
 class KeepSharedPolicy(Policy):
     name = "keep-shared"
     summary = "never discard shared memory; still punch private memory on private->shared"
+
+    def holds(self, side):
+        return side == HELD_SHARED
 
     def left_behind(self, side, gpa, size):
         return [(gpa, size, HOLD if side == HELD_SHARED else DISCARD)]
@@ -76,6 +87,9 @@ class LazyPolicy(Policy):
         if self.max_age <= 0:
             raise InvalidArgument("max_age", self.max_age, "must be positive", hex_value=False)
         self.batch = self.batch or max(self.budget // 4, 2 * MiB)
+
+    def holds(self, side):
+        return True
 
     def left_behind(self, side, gpa, size):
         return [(gpa, size, HOLD)]
@@ -105,6 +119,9 @@ class AdaptivePolicy(LazyPolicy):
         super().__post_init__()
         self._hot = MemoryAttributes(supported=1)
         self._discarded = MemoryAttributes(supported=1)
+
+    def holds(self, side):
+        return False
 
     def entered(self, gpa, size, reclaimed):
         if reclaimed or next(self._discarded.ranges(gpa, size), None) is not None:

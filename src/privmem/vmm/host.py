@@ -30,6 +30,7 @@ _BUSY_RETRY_LIMIT = 1_000_000
 
 class HostMachine:
     """``HostMachine(memory, vcpus=1, engine=None, policy="never", initial="private")``:
+    ``engine`` is None (built with ``policy``), an engine, or a factory ``engine(shared, private)``;
     the machine's interface (``run_ops``, ``shared_read``, ``shared_write``, ``engine``,
     ``reserved_bytes``) without KVM.  A context manager; ``close()`` is idempotent."""
 
@@ -56,6 +57,8 @@ class HostMachine:
             if engine is None:
                 engine = ConversionEngine(ConversionTracker(MemoryAttributes()), make_policy(policy, memory),
                                           self.shared, self.private)
+            elif not hasattr(engine, "convert"):   # a factory over this machine's backings, as Machine takes
+                engine = engine(self.shared, self.private)
             self.engine = engine
             self.engine.set_initial(0, self.reserved_bytes, True)
             self.engine.set_initial(self.reserved_bytes, memory - self.reserved_bytes, initial == "private")
@@ -83,6 +86,13 @@ class HostMachine:
         if data:
             self.engine.require_shared(*self._check_device_range(gpa, len(data)))
         self.shared.write(gpa, data)
+
+    def shared_matches(self, gpa: int, size: int, pattern: int) -> bool:
+        """True if every byte of the shared view of the range is ``pattern`` (the Python guest
+        writes whole pages, so the host backend's check is always byte-exact)."""
+        if not isinstance(pattern, int) or not 0 <= pattern <= 0xFF:
+            raise InvalidArgument("pattern", pattern, "must be in 0..255", hex_value=False)
+        return self.shared_read(gpa, size) == bytes([pattern]) * size
 
     # -- the Python guest ----------------------------------------------------------------
 
@@ -117,7 +127,7 @@ class HostMachine:
                 try:
                     if kind == "dma_in":
                         self.shared_write(op.gpa, bytes([op.pattern]) * op.size)
-                    elif self.shared_read(op.gpa, op.size) != bytes([op.pattern]) * op.size:
+                    elif not self.shared_matches(op.gpa, op.size, op.pattern):
                         counters["data_errors"] += 1
                 except AccessDenied:
                     counters["dma_errors"] += 1

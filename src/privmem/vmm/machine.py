@@ -14,7 +14,20 @@ Memory (docs/design.md, "vmm/"):
   pages the attribute store says are private.
 
 Conversion state lives in the engine's store (``privmem.convert``); where the host has
-KVM_CAP_MEMORY_ATTRIBUTES, KVM_SET_MEMORY_ATTRIBUTES is issued as a commit hook.
+KVM_CAP_MEMORY_ATTRIBUTES, KVM_SET_MEMORY_ATTRIBUTES is issued as a commit hook.  The engine
+is thread-safe and owns the one rule for host access (``engine.require_shared``): the machine
+takes no lock of its own around conversions or device accesses.
+
+Guest data work is sampled (``data_check``, layout.py): on this host the guest is emulated
+(~0.6-1.7 µs per instruction), so the player's WRITE / VERIFY touch the first and the last
+qword of each page unless ``data_check="full"``.  Device work is host work: DMA_IN writes
+every byte; DMA_OUT checks every byte under "full" and every byte of the sample under
+"sampled" (the only bytes a sampled guest WRITE defines; a guest WRITE of every byte of a
+bounce buffer costs ~400 µs per page here).
+
+The PSC doorbell is the hot path: the handler works on a memoryview of the vCPU's comm page
+(no copies), takes ``psc.serve_in_place``'s short path for one-entry requests, and its time
+is measured (``psc_handler_ns``, ``measure_conversion_cost``).
 
 Threads: one per vCPU while ``run_ops`` runs (KVM_RUN releases the GIL).  An exception in a
 handler is recorded, every vCPU is kicked out of KVM_RUN (immediate_exit + signal), all are
@@ -46,13 +59,31 @@ ATTR_PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
 MAX_FAULT_REPEATS = 1000
 MAX_FAILURES = 100
 _MASK64 = (1 << 64) - 1
+_PAGE_BASE = ~(PAGE_SIZE - 1)
 _EXIT_NAMES = uapi.EXIT_REASON_NAMES
+_MAILBOX_UNPACK = layout.MAILBOX_FORMAT.unpack_from
 
 
 def _backing_classes():
     """(SharedBacking, PrivateBacking) from privmem.backing (imported late: a separate layer)."""
     from ..backing import PrivateBacking, SharedBacking
     return SharedBacking, PrivateBacking
+
+
+_SAMPLE_QWORDS = PAGE_SIZE // 8
+
+
+def _sample_mismatch(data: bytes, pattern: int) -> tuple[int, int, int] | None:
+    """None if every sampled byte of the pages in ``data`` (first and last qword of each page)
+    is ``pattern``; else (offset of the first differing byte, its value, differing bytes)."""
+    qwords = memoryview(data).cast("Q")
+    want = bytes((pattern,)) * (8 * (len(data) // PAGE_SIZE))
+    if qwords[::_SAMPLE_QWORDS].tobytes() == want and qwords[_SAMPLE_QWORDS - 1::_SAMPLE_QWORDS].tobytes() == want:
+        return None
+    offsets = [page + start + i for page in range(0, len(data), PAGE_SIZE)
+               for start, size in layout.SAMPLE_OFFSETS for i in range(size)]
+    wrong = [offset for offset in offsets if data[offset] != pattern]
+    return wrong[0], data[wrong[0]], len(wrong)
 
 
 def _flat_segment(seg, selector: int, type_: int) -> None:
@@ -64,10 +95,12 @@ class _VcpuStats:
     """Per-vCPU counters: each is written only by its vCPU's thread (no locks on the hot path)."""
 
     __slots__ = ("exits", "conversions", "pages_converted", "psc_requests", "psc_errors", "psc_retries",
-                 "data_errors", "dma_errors", "unhandled_io", "mmio", "done", "last_fault", "fault_repeats")
+                 "data_errors", "dma_errors", "unhandled_io", "mmio", "done", "last_fault", "fault_repeats",
+                 "psc_ns")
 
     def __init__(self):
         self.exits = [0] * 256
+        self.psc_ns = 0                 # time spent handling PSC exits (perf_counter_ns)
         self.conversions = self.pages_converted = self.psc_requests = self.psc_errors = 0
         self.psc_retries = self.data_errors = self.dma_errors = self.unhandled_io = self.mmio = 0
         self.done = False
@@ -80,17 +113,27 @@ _COUNTERS = ("conversions", "pages_converted", "psc_requests", "psc_errors", "ps
 
 
 class Machine:
-    """``Machine(memory, vcpus=1, engine=None, policy="never", initial="private")``.
+    """``Machine(memory, vcpus=1, engine=None, policy="never", initial="private", data_check="sampled")``.
 
     ``memory``: bytes or a size string, a multiple of 2 MiB in [4 MiB, 2 GiB].
     ``engine``: None (a ``ConversionEngine`` with ``policy`` is built), an engine object, or a
     factory ``engine(shared_backing, private_backing) -> engine``.
     ``initial``: the state of workload memory ``[reserved_bytes, memory)`` at launch.
+    ``data_check``: how the guest player writes and verifies data: "sampled" (default: the
+    first and the last qword of every 4 KiB page, ``layout.SAMPLE_OFFSETS``) or "full" (every
+    byte).  Sampling exists because this host emulates the guest at ~0.6-1.7 µs per
+    instruction (``rep stos`` ~0.1 µs per byte): full checks would drown the conversion,
+    discard and re-fault costs the machine measures, while a sample still tells a page with
+    the pattern from a discarded (zero) page or one with another pattern.  A sampled verify
+    failure counts differing sampled dwords in ``mismatched_words``.  The device side is host
+    work: DMA_IN writes every byte; DMA_OUT compares every byte ("full") or every byte of
+    each page's sample ("sampled": what a sampled guest WRITE defines).  May be changed
+    between runs.
     Owns every fd, mapping and thread; a context manager; ``close()`` is idempotent.
     """
 
     def __init__(self, memory: int | str = "64M", vcpus: int = 1, engine=None, policy: str = "never", *,
-                 initial: str = "private", kvm_path: str = DEV_KVM):
+                 initial: str = "private", kvm_path: str = DEV_KVM, data_check: str = "sampled"):
         memory = parse_size(memory, "memory")
         if memory > MAX_MEMORY:
             raise InvalidArgument("memory", memory, f"above {MAX_MEMORY:#x}: the 32-bit player reaches the "
@@ -101,6 +144,7 @@ class Machine:
             raise InvalidArgument("vcpus", vcpus, f"must be in 1..{layout.MAX_VCPUS}", hex_value=False)
         if initial not in ("private", "shared"):
             raise InvalidArgument("initial", initial, "must be 'private' or 'shared'", hex_value=False)
+        self._data_check = program.check_data_check(data_check)
         self.memory = memory
         self.vcpus = vcpus
         self.shared_bit = layout.shared_bit_for(memory)
@@ -113,9 +157,7 @@ class Machine:
         self.engine = None
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        # conversions and host-access checks are serialized so a device access never reads
-        # the store half-way through another vCPU's update (the store is not thread-safe)
-        self._state_lock = threading.Lock()
+        self._comm: list[memoryview] = []       # each vCPU's comm page, zero-copy (released at close)
         self._in_loop = [False] * vcpus
         self._stopping = False
         self._running = False
@@ -195,6 +237,7 @@ class Machine:
             uapi.KVM_EXIT_INTERNAL_ERROR: self._on_internal_error, uapi.KVM_EXIT_INTR: self._on_intr,
         }
         self._converters = [self._converter(i) for i in range(self.vcpus)]
+        self._comm = [self.shared.view(layout.comm_gpa(i), layout.COMM_SIZE) for i in range(self.vcpus)]
 
     def _make_engine(self, engine, policy: str):
         if engine is None:
@@ -210,8 +253,16 @@ class Machine:
         self._vm.set_memory_attributes(request.gpa, request.size, ATTR_PRIVATE if request.private else 0)
 
     def _converter(self, index: int):
+        """vCPU ``index``'s ``convert(gpa, size, to_private)`` for the PSC handler: the engine
+        call and the counters, nothing else (the engine is looked up per call: it may be
+        replaced or wrapped after construction)."""
+        stats = self._stats[index]
+
         def convert(gpa: int, size: int, to_private: bool):
-            return self._convert(gpa, size, to_private, index)
+            conversion = self.engine.convert(gpa, size, to_private, index)
+            stats.conversions += 1
+            stats.pages_converted += size >> PAGE_SHIFT
+            return conversion
         return convert
 
     # -- public state -----------------------------------------------------------------
@@ -243,25 +294,28 @@ class Machine:
     data_errors = property(lambda self: self._total("data_errors"), doc="verify / dma_out mismatches")
     dma_errors = property(lambda self: self._total("dma_errors"), doc="DMA refused (private page, bad range)")
     conversions = property(lambda self: self._total("conversions"), doc="engine.convert calls that succeeded")
+    psc_handler_ns = property(lambda self: self._total("psc_ns"),
+                              doc="nanoseconds spent handling PSC exits (parse, validate, convert, write back)")
+
+    @property
+    def data_check(self) -> str:
+        """"sampled" or "full": how the player writes and verifies data (see the class doc)."""
+        return self._data_check
+
+    @data_check.setter
+    def data_check(self, value: str) -> None:
+        self._data_check = program.check_data_check(value)
 
     # -- host (device) access to shared memory ----------------------------------------
 
     def _check_shared(self, gpa: int, n: int) -> None:
+        """InvalidArgument outside guest memory; AccessDenied (``engine.require_shared``, the
+        rule the host backend uses too) if a page the bytes touch is private."""
         if not isinstance(gpa, int) or gpa < 0 or n < 0 or gpa + n > self.memory:
             raise InvalidArgument("gpa", gpa, f"range of {n} bytes is outside guest memory ({self.memory:#x})")
-        if n == 0:
-            return
-        first = gpa & ~(PAGE_SIZE - 1)
-        end = (gpa + n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-        with self._state_lock:
-            if self.store.has(first, end - first, 0):
-                return
-            private = [(start, size) for start, size, attributes in self.store.ranges(first, end - first)
-                       if attributes & ATTR_PRIVATE]
-        if private:
-            start, size = private[0]
-            raise AccessDenied(f"host access to [{gpa:#x}, {gpa + n:#x}) refused: "
-                               f"[{start:#x}, {start + size:#x}) is private")
+        if n:
+            first = gpa & _PAGE_BASE
+            self.engine.require_shared(first, ((gpa + n + PAGE_SIZE - 1) & _PAGE_BASE) - first)
 
     def shared_read(self, gpa: int, n: int) -> bytes:
         """Device read of guest memory through the shared view (memfd); AccessDenied if any
@@ -285,7 +339,7 @@ class Machine:
         before = self._snapshot()
         failures_before = len(self.failures)
         start = time.perf_counter()
-        for lists in program.rounds(per_vcpu, self.vcpus):
+        for lists in program.rounds(per_vcpu, self.vcpus, self.shared_bit, self._data_check):
             for index, blob in enumerate(lists):
                 self.shared.write(program.list_gpa(index, self.vcpus), blob)
             self._run(timeout)
@@ -306,6 +360,37 @@ class Machine:
         empty = self.run_ops([program.GuestOp("exits", vcpu=0, count=0)]).wall_time
         full = self.run_ops([program.GuestOp("exits", vcpu=0, count=n)]).wall_time
         return max(full - empty, 0.0) / max(n, 1)
+
+    def measure_conversion_cost(self, n: int = 10000) -> dict:
+        """What one conversion costs on this machine, under its policy, all measured in this
+        one call: ``exit_roundtrip_us`` (a bare port-I/O exit round trip, as
+        ``measure_exit_roundtrip``), ``conversion_roundtrip_us`` (wall time per conversion
+        while the guest flip-flops one page through the PSC doorbell, less an empty run) and
+        ``vmm_us_per_conversion`` (the PSC handler's own time per conversion: parse,
+        validate, ``engine.convert``, write back), plus ``ratio`` (VMM time / exit round
+        trip), ``conversions`` and ``policy``.  The page flipped is the first workload page
+        (``reserved_bytes``); it ends in the state it started in (its contents depend on the
+        policy)."""
+        if not isinstance(n, int) or n < 2:
+            raise InvalidArgument("n", n, "must be an integer >= 2", hex_value=False)
+        exit_s = self.measure_exit_roundtrip(n)
+        page = self.reserved_bytes
+        first, second = ("shared", "private") if self.store.has(page, PAGE_SIZE, ATTR_PRIVATE) else \
+            ("private", "shared")
+        flips = [program.GuestOp("convert", page, PAGE_SIZE, to=to) for _ in range(n // 2) for to in (first, second)]
+        self.run_ops(flips[:2])             # warm up: the player's and the comm page's pages
+        empty = self.run_ops([program.GuestOp("exits", vcpu=0, count=0)]).wall_time
+        handler_before = self.psc_handler_ns
+        result = self.run_ops(flips)
+        handler_ns = self.psc_handler_ns - handler_before
+        conversions = max(result.conversions, 1)
+        exit_us = exit_s * 1e6
+        vmm_us = handler_ns / conversions / 1e3
+        return {"exit_roundtrip_us": exit_us,
+                "conversion_roundtrip_us": max(result.wall_time - empty, 0.0) / conversions * 1e6,
+                "vmm_us_per_conversion": vmm_us, "ratio": vmm_us / exit_us if exit_us else None,
+                "conversions": result.conversions, "policy": getattr(getattr(self.engine, "policy", None), "name",
+                                                                      None)}
 
     def _snapshot(self) -> dict:
         snap = {name: self._total(name) for name in _COUNTERS}
@@ -488,8 +573,7 @@ class Machine:
                          self._regs(index))
 
     def _convert(self, gpa: int, size: int, to_private: bool, index: int):
-        with self._state_lock:
-            conversion = self.engine.convert(gpa, size, to_private, index)
+        conversion = self.engine.convert(gpa, size, to_private, index)
         stats = self._stats[index]
         stats.conversions += 1
         stats.pages_converted += size >> PAGE_SHIFT
@@ -545,25 +629,24 @@ class Machine:
             pass            # re-enter: the guest faults again and we retry
         return False
 
-    def _on_psc(self, index: int) -> bool:
-        base = layout.comm_gpa(index)
+    def _on_psc(self, index: int, _clock=time.perf_counter_ns, _serve=psc.serve_in_place) -> bool:
+        """The PSC doorbell: serve the request in vCPU ``index``'s comm page in place (the
+        status word is always written).  Timed into ``psc_handler_ns``."""
+        start = _clock()
         stats = self._stats[index]
         stats.psc_requests += 1
-        page = self.shared.read(base, psc.REQUEST_BYTES)
-        outcome = psc.serve(page, self.memory, self._converters[index])
-        head, status = outcome.patch(page)
-        self.shared.write(base, head)
-        self.shared.write(base + psc.STATUS_OFFSET, status)
-        if outcome.status == psc.STATUS_INVALID:
-            stats.psc_errors += 1
-            self._failure(index, "psc", error=outcome.error)
-        elif outcome.status == psc.STATUS_RETRY:
-            stats.psc_retries += 1
+        status, error = _serve(self._comm[index], self.memory, self._converters[index])
+        if status:
+            if status == psc.STATUS_INVALID:
+                stats.psc_errors += 1
+                self._failure(index, "psc", error=error)
+            else:
+                stats.psc_retries += 1
+        stats.psc_ns += _clock() - start
         return False
 
     def _mailbox(self, index: int) -> tuple[int, int, int, int, int]:
-        return layout.MAILBOX_FORMAT.unpack(
-            self.shared.read(layout.comm_gpa(index) + layout.MAILBOX, layout.MAILBOX_FORMAT.size))
+        return _MAILBOX_UNPACK(self._comm[index], layout.MAILBOX)
 
     def _failure(self, index: int, kind: str, **details) -> None:
         if len(self.failures) < MAX_FAILURES:
@@ -581,7 +664,7 @@ class Machine:
         return False
 
     def _on_dma_out(self, index: int) -> bool:
-        """Device reads [gpa, gpa + size) and checks every byte is ``pattern``."""
+        """Device reads [gpa, gpa + size) and checks it holds ``pattern`` (``_mismatch``)."""
         gpa, size, pattern, _, _ = self._mailbox(index)
         pattern &= 0xFF
         try:
@@ -590,12 +673,33 @@ class Machine:
             self._stats[index].dma_errors += 1
             self._failure(index, "dma_out", gpa=gpa, size=size, error=str(exc))
             return False
-        if data.count(pattern) != size:
+        mismatch = self._mismatch(gpa, data, pattern)
+        if mismatch is not None:
+            first, actual, mismatched = mismatch
             self._stats[index].data_errors += 1
-            first = next(i for i, b in enumerate(data) if b != pattern)
-            self._failure(index, "dma_out", gpa=gpa + first, expected=pattern, actual=data[first],
-                          mismatched_bytes=size - data.count(pattern))
+            self._failure(index, "dma_out", gpa=gpa + first, expected=pattern, actual=actual,
+                          mismatched_bytes=mismatched)
         return False
+
+    def _mismatch(self, gpa: int, data: bytes, pattern: int) -> tuple[int, int, int] | None:
+        """None if ``data`` (read at ``gpa``) holds ``pattern``: every byte under
+        ``data_check="full"`` (or for a range that is not whole pages); every byte of each
+        page's sample under "sampled", the only bytes a sampled guest WRITE defines.  Else
+        (offset of the first differing byte, its value, differing bytes)."""
+        if self._data_check == "full" or (gpa | len(data)) % PAGE_SIZE:
+            if data.count(pattern) == len(data):
+                return None
+            first = next(i for i, b in enumerate(data) if b != pattern)
+            return first, data[first], len(data) - data.count(pattern)
+        return _sample_mismatch(data, pattern)
+
+    def shared_matches(self, gpa: int, size: int, pattern: int) -> bool:
+        """True if the shared view of [gpa, gpa + size) holds ``pattern`` by the rule DMA_OUT
+        uses: every byte under ``data_check="full"``, the sample bytes of each page under
+        "sampled" (what a sampled guest WRITE defines).  Raises like ``shared_read``."""
+        if not isinstance(pattern, int) or not 0 <= pattern <= 0xFF:
+            raise InvalidArgument("pattern", pattern, "must be in 0..255", hex_value=False)
+        return self._mismatch(gpa, self.shared_read(gpa, size), pattern) is None
 
     def _on_verify_fail(self, index: int) -> bool:
         """The guest found a byte that is not the pattern (first address and count reported)."""
@@ -622,6 +726,9 @@ class Machine:
             for thread in self._threads:
                 thread.join()
             self._threads = []
+        for view in self._comm:
+            view.release()
+        self._comm = []
         for vcpu in self._vcpus:
             vcpu.close()
         for part in (self._vm, self._slot_map, self.private, self.shared, self._kvm):

@@ -19,6 +19,12 @@ Layout (little-endian, offsets in the comm page):
 Adjacent entries with the same operation are merged into one conversion (as KVM merges
 them into one MAP_GPA_RANGE exit).  On ``Busy`` the request stops at the first entry not
 done: cur_entry and the done entries' cur_page record the progress, status says retry.
+
+Two ways in: ``serve(page_bytes) -> Outcome`` (pure, for tests and tools) and
+``serve_in_place(buffer)``, the VMM's per-exit path: it works on a writable view of the comm
+page itself (no copy), takes a short path for the common request (one entry left, well
+formed: one conversion, no objects built) and hands anything else to ``serve``.  Each
+guest-controlled word is read once, and validation is complete before anything changes.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ STATUS = struct.Struct("<I")
 REQUEST_BYTES = STATUS_OFFSET + STATUS.size                       # 2036
 
 STATUS_OK, STATUS_INVALID, STATUS_RETRY = 0, 1, 2
+_U16, _U64 = struct.Struct("<H"), struct.Struct("<Q")
 OP_PRIVATE, OP_SHARED = 1, 2
 
 _CUR_PAGE_MASK = (1 << 12) - 1
@@ -103,6 +110,15 @@ class Outcome:
     done: list[Entry] = field(default_factory=list)
     conversions: int = 0
     error: str | None = None
+
+    def apply(self, buffer) -> None:
+        """Write the progress and the status into ``buffer`` (the comm page) in place: what
+        ``patch`` returns, without re-reading the guest's words."""
+        _U16.pack_into(buffer, 0, self.cur_entry)
+        for entry in self.done:
+            _U64.pack_into(buffer, ENTRIES_OFFSET + entry.index * ENTRY_SIZE,
+                           encode_entry(entry.gfn, entry.op, entry.huge, entry.npages))
+        STATUS.pack_into(buffer, STATUS_OFFSET, self.status)
 
     def patch(self, page: bytes) -> tuple[bytes, bytes]:
         """(new bytes for [0, STATUS_OFFSET), status bytes): progress written back."""
@@ -200,6 +216,53 @@ def serve(page: bytes, memory: int, convert: Callable[[int, int, bool], object])
     return outcome
 
 
+_OK = (STATUS_OK, None)
+_ONE_ENTRY = 0x10001            # header with cur_entry == end_entry and reserved 0: one entry left
+_TOP_4K_PRIVATE, _TOP_4K_SHARED = OP_PRIVATE, OP_SHARED             # bits 52-63 of a 4 KiB entry
+_TOP_2M_PRIVATE, _TOP_2M_SHARED = OP_PRIVATE | 0x10, OP_SHARED | 0x10
+
+
+def serve_in_place(buffer, memory: int, convert: Callable[[int, int, bool], object],
+                   _u64=_U64.unpack_from, _pack64=_U64.pack_into, _pack16=_U16.pack_into,
+                   _pack32=STATUS.pack_into) -> tuple[int, str | None]:
+    """``serve`` on the comm page itself: ``buffer`` is writable (a memoryview of shared
+    memory); progress and the status word are written into it.  Returns (status, error).
+
+    Short path: one entry left (cur_entry == end_entry, header reserved 0), reserved bits
+    clear, a known operation, cur_page 0, aligned and inside memory: one conversion.  A
+    request failing any of these goes to ``serve``, which validates every entry and names
+    the problem, so both paths accept and refuse exactly the same requests."""
+    header = _u64(buffer, 0)[0]
+    cur = header & 0xFFFF
+    if header == cur * _ONE_ENTRY and cur < MAX_ENTRIES:
+        offset = ENTRIES_OFFSET + cur * ENTRY_SIZE
+        raw = _u64(buffer, offset)[0]
+        top = raw >> _OP_SHIFT
+        gfn = (raw >> _GFN_SHIFT) & _GFN_MASK
+        if top == _TOP_4K_PRIVATE or top == _TOP_4K_SHARED:
+            npages = 1
+        elif (top == _TOP_2M_PRIVATE or top == _TOP_2M_SHARED) and not gfn % _PAGES_2M:
+            npages = _PAGES_2M
+        else:
+            npages = 0
+        if npages and not raw & _CUR_PAGE_MASK and gfn + npages <= memory >> PAGE_SHIFT:
+            try:
+                convert(gfn << PAGE_SHIFT, npages << PAGE_SHIFT, (top & _OP_MASK) == OP_PRIVATE)
+            except Busy as exc:                  # nothing done: cur_entry stays, retry
+                _pack32(buffer, STATUS_OFFSET, STATUS_RETRY)
+                return STATUS_RETRY, str(exc)
+            except InvalidArgument as exc:       # the engine refused the range: guest error
+                _pack32(buffer, STATUS_OFFSET, STATUS_INVALID)
+                return STATUS_INVALID, str(exc)
+            _pack16(buffer, 0, cur + 1)
+            _pack64(buffer, offset, raw | npages)
+            _pack32(buffer, STATUS_OFFSET, STATUS_OK)
+            return _OK
+    outcome = serve(buffer, memory, convert)
+    outcome.apply(buffer)
+    return outcome.status, outcome.error
+
+
 __all__ = ["MAX_ENTRIES", "REQUEST_BYTES", "STATUS_OFFSET", "STATUS_OK", "STATUS_INVALID", "STATUS_RETRY",
            "OP_PRIVATE", "OP_SHARED", "Entry", "Run", "Outcome", "encode_entry", "encode_request",
-           "parse", "merge", "serve", "PAGE_SIZE"]
+           "parse", "merge", "serve", "serve_in_place", "PAGE_SIZE"]

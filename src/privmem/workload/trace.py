@@ -142,7 +142,11 @@ class TraceReader:
             self._file = source
             self._owned = False
         self._line = 0
-        self.name, self.memory, self.vcpus = self._read_header()
+        try:
+            self.name, self.memory, self.vcpus = self._read_header()
+        except BaseException:
+            self.close()
+            raise
 
     def _lines(self) -> Iterator[tuple[int, str]]:
         for raw in self._file:
