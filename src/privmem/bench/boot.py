@@ -175,8 +175,8 @@ def headline(report: BenchReport) -> list[str]:
     if cost:
         lines.append(f"under never: VMM time per conversion {cost['vmm_us_per_conversion']:.1f} µs = "
                      f"{cost['ratio']:.2f}x a bare port-I/O exit round trip ({cost['exit_roundtrip_us']:.1f} µs); "
-                     f"guest-to-guest conversion round trip {cost['conversion_roundtrip_us']:.1f} µs "
-                     f"({cost['conversions']:,} conversions)")
+                     f"guest-to-guest conversion round trip {cost['conversion_roundtrip_us']:.1f} µs = "
+                     f"{1e6 / cost['conversion_roundtrip_us']:,.0f} conversions/s ({cost['conversions']:,} measured)")
     errors = sum(r.data_errors + r.dma_errors for r in report.runs)
     lines.append(f"data errors across all runs: {errors}")
     return lines
@@ -202,11 +202,14 @@ def plot(report: BenchReport, path: str) -> None:
     left.set_title("Guest run time per discard policy")
     left.legend()
     workload = report.config.workloads[0]
+    highest = 1.0
     for policy in policies:
         run = report.best(workload, policy)
         if run and run.timeline:
             xs, ys = zip(*run.timeline)
-            right.step(xs, [y / (1 << 20) for y in ys], where="post", label=policy)
+            mib = [y / (1 << 20) for y in ys]
+            highest = max(highest, *mib)
+            right.step(xs, mib, where="post", label=policy)
     budget = next((r.budget_bytes for r in report.runs if r.budget_bytes), None)
     if budget:
         right.axhline(budget / (1 << 20), color="red", linewidth=0.8, linestyle=":", label="lazy budget")
@@ -214,6 +217,7 @@ def plot(report: BenchReport, path: str) -> None:
     right.set_ylabel("double-allocated MiB (held, not yet discarded)")
     right.set_title(f"Double allocation over time ({workload})")
     right.set_yscale("symlog", linthresh=1)
+    right.set_ylim(0, highest * 2)
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
