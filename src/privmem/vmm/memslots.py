@@ -291,18 +291,23 @@ class MemslotMachine(Machine):
                 self._release_slot(slot)
                 deleted.append((view, start, end, slot))
             for view, start, end in creates:
-                slot = self._alloc_slot()
-                try:
-                    self._ioctl_create(slot, view, start, end)
-                except BaseException:
-                    self._release_slot(slot)
-                    raise
-                self._views[view].add(start, end, slot)
-                created.append((view, start, end, slot))
+                created.append((view, start, end, self._create(view, start, end)))
         except BaseException as exc:
             self.memslot_failures += 1
             self._restore(deleted, created, exc)
             raise
+
+    def _create(self, view: str, start: int, end: int) -> int:
+        """Take a free slot id, bind ``[start, end)`` of ``view`` to it, record it; the id goes
+        back to the free list if the ioctl fails."""
+        slot = self._alloc_slot()
+        try:
+            self._ioctl_create(slot, view, start, end)
+        except BaseException:
+            self._release_slot(slot)
+            raise
+        self._views[view].add(start, end, slot)
+        return slot
 
     def _restore(self, deleted, created, cause: BaseException) -> None:
         """Undo a half-applied plan: delete what was created, re-create what was deleted."""
@@ -312,13 +317,7 @@ class MemslotMachine(Machine):
                 self._views[view].remove(start)
                 self._release_slot(slot)
             for view, start, end, _ in reversed(deleted):
-                slot = self._alloc_slot()
-                try:
-                    self._ioctl_create(slot, view, start, end)
-                except BaseException:
-                    self._release_slot(slot)
-                    raise
-                self._views[view].add(start, end, slot)
+                self._create(view, start, end)
         except BaseException as exc:
             exc.__context__ = cause
             self._layout_broken = exc

@@ -261,25 +261,22 @@ op_touch:
         NEXT
 
 /* device work: the VMM reads the mailbox (gpa, size, pattern) on the exit */
-op_dma_in:
+.macro DEVICE_REQUEST port
         movl 4(%esi), %eax
         movl %eax, MB_GPA(%ebx)
         movl 8(%esi), %eax
         movl %eax, MB_SIZE(%ebx)
         movzbl 2(%esi), %eax
         movl %eax, MB_PATTERN(%ebx)
-        outb %al, $PORT_DMA_IN
+        outb %al, $\port
         NEXT
+.endm
+
+op_dma_in:
+        DEVICE_REQUEST PORT_DMA_IN
 
 op_dma_out:
-        movl 4(%esi), %eax
-        movl %eax, MB_GPA(%ebx)
-        movl 8(%esi), %eax
-        movl %eax, MB_SIZE(%ebx)
-        movzbl 2(%esi), %eax
-        movl %eax, MB_PATTERN(%ebx)
-        outb %al, $PORT_DMA_OUT
-        NEXT
+        DEVICE_REQUEST PORT_DMA_OUT
 
 /* the exit round-trip benchmark: arg OUTs to the no-op port */
 op_exits:
