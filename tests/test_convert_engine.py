@@ -219,3 +219,23 @@ def test_adaptive_learns_flip_floppers_after_one_discard(make_engine):
         engine.convert(gpa, PAGE_SIZE, False)
     assert engine.stats.discards == 2   # the cold page, and the flip-flopper's first departure
     engine.check()
+
+
+def test_the_drainer_discards_aged_memory_while_the_guest_is_idle():
+    import time as _time
+
+    from privmem.convert.drainer import Drainer
+    from privmem.vmm.host import HostMachine
+    from privmem.workload import ops
+
+    with HostMachine(MEMORY, policy="lazy") as machine:
+        gpa = machine.reserved_bytes
+        machine.run_ops([ops.convert(gpa, PAGE_SIZE, "shared"), ops.write(gpa, PAGE_SIZE, "shared", 7),
+                         ops.convert(gpa, PAGE_SIZE, "private")])
+        assert machine.engine.stats.double_allocated_bytes == PAGE_SIZE   # held, younger than 50 ms
+        with Drainer.for_engine(machine.engine):
+            deadline = _time.monotonic() + 2
+            while machine.engine.stats.double_allocated_bytes and _time.monotonic() < deadline:
+                _time.sleep(0.01)
+        assert machine.engine.stats.double_allocated_bytes == 0 and machine.engine.stats.discards == 1
+        assert allocated(machine.shared, gpa, PAGE_SIZE) == 0

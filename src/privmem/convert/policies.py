@@ -71,8 +71,12 @@ class KeepSharedPolicy(Policy):
 class LazyPolicy(Policy):
     """Hold everything; a page converted back before its discard costs nothing.  Drain the
     oldest held memory in coalesced batches once held bytes exceed ``budget`` or the
-    oldest entry is older than ``max_age`` seconds; at most one batch per call, so the
-    vCPU that triggers a drain waits for one batch only."""
+    oldest entry is older than ``max_age`` seconds.  One batch per call, so the vCPU whose
+    conversion triggers a drain waits for one batch only: an age drain takes up to
+    ``batch`` bytes of holds older than ``max_age``; a budget drain takes the oldest holds
+    until the books are back under budget (at least ``batch`` bytes), so the budget holds at
+    every conversion boundary.  Between conversions a ``Drainer`` thread ticks the engine,
+    so aged memory goes even when the guest stops converting."""
 
     budget: int
     max_age: float = 0.050

@@ -20,6 +20,7 @@ from ..attrs import MemoryAttributes
 from ..backing import PrivateBacking, SharedBacking
 from ..backing.mapping import HostMapping
 from ..convert import ConversionEngine, ConversionTracker, make_policy
+from ..convert.drainer import Drainer
 from ..errors import AccessDenied, Busy, InvalidArgument, InvalidState
 from ..units import PAGE_SIZE, parse_size
 from . import layout
@@ -161,10 +162,11 @@ class HostMachine:
         converted_before = self.engine.stats.pages_converted
         start = time.perf_counter()
         threads = [threading.Thread(target=main, args=(i,), name=f"privmem-host-vcpu{i}") for i in range(self.vcpus)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout)
+        with Drainer.for_engine(self.engine):
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout)
         wall = time.perf_counter() - start
         if errors:
             raise errors[0]

@@ -48,6 +48,7 @@ from ..kvm.kick import ensure_kick_handler, kick
 from ..kvm.slotmap import SlotMapping
 from ..kvm.system import DEV_KVM
 from ..units import GiB, PAGE_SHIFT, PAGE_SIZE, HUGE_PAGE_SIZE, parse_size
+from ..convert.drainer import Drainer
 from . import layout, program, psc
 from .guest import load as load_guest
 from .result import OpsResult
@@ -339,10 +340,11 @@ class Machine:
         before = self._snapshot()
         failures_before = len(self.failures)
         start = time.perf_counter()
-        for lists in program.rounds(per_vcpu, self.vcpus, self.shared_bit, self._data_check):
-            for index, blob in enumerate(lists):
-                self.shared.write(program.list_gpa(index, self.vcpus), blob)
-            self._run(timeout)
+        with Drainer.for_engine(self.engine):
+            for lists in program.rounds(per_vcpu, self.vcpus, self.shared_bit, self._data_check):
+                for index, blob in enumerate(lists):
+                    self.shared.write(program.list_gpa(index, self.vcpus), blob)
+                self._run(timeout)
         wall = time.perf_counter() - start
         after = self._snapshot()
         exits_by_reason = {k: v - before["exit_counts"].get(k, 0) for k, v in after["exit_counts"].items()
