@@ -51,7 +51,7 @@ def allocated(backing, gpa, size):
 @pytest.mark.parametrize("policy", POLICIES)
 def test_shared_memory_is_freed_exactly_when_the_policy_says(make_engine, policy):
     engine = make_engine(policy)
-    shared = engine.backings[1]
+    shared = engine.shared
     gpa, size = WINDOW
     shared.write(gpa, b"\x5a" * size)
     assert allocated(shared, gpa, size) == size
@@ -68,7 +68,7 @@ def test_shared_memory_is_freed_exactly_when_the_policy_says(make_engine, policy
 @pytest.mark.parametrize("policy", POLICIES)
 def test_private_memory_is_freed_exactly_when_the_policy_says(make_engine, policy):
     engine = make_engine(policy)
-    private = engine.backings[2]
+    private = engine.private
     gpa, size = WINDOW
     engine.set_initial(0, MEMORY, private=True)
     private.write(gpa, b"\xa5" * size)
@@ -87,7 +87,7 @@ def test_private_memory_is_freed_exactly_when_the_policy_says(make_engine, polic
 @pytest.mark.parametrize("policy", POLICIES)
 def test_host_view_never_shows_data_written_while_private(make_engine, policy):
     engine = make_engine(policy)
-    shared, private = engine.backings[1], engine.backings[2]
+    shared, private = engine.shared, engine.private
     gpa, size = WINDOW
     shared.write(gpa, b"\x11" * size)  # shared-phase data the host may see
     engine.convert(gpa, size, True)
@@ -144,7 +144,7 @@ def test_failed_discards_keep_the_conversion_and_are_retried(make_engine):
 
 def test_populate_before_launch_only(make_engine):
     engine = make_engine("eager")
-    shared, private = engine.backings[1], engine.backings[2]
+    shared, private = engine.shared, engine.private
     shared.write(0, b"firmware" * 512)
     engine.populate(0, PAGE_SIZE)
     assert engine.store.has(0, PAGE_SIZE, ATTR_PRIVATE)
@@ -192,7 +192,7 @@ def test_commit_hook_failure_aborts(make_engine):
 
 def test_lazy_ages_a_page_from_its_latest_hold_not_its_first(make_engine):
     engine = make_engine("lazy")
-    shared = engine.backings[1]
+    shared = engine.shared
     gpa = WINDOW[0]
     clock = engine.clock_control
     engine.convert(gpa, PAGE_SIZE, True)            # t=0: shared side held

@@ -50,7 +50,7 @@ def snapshot(target) -> dict:
     backings' allocated ranges (measured from the kernel), engine counters, held runs and the
     journal length.  Two equal snapshots mean nothing observable changed."""
     engine = getattr(target, "engine", target)
-    shared, private = engine.backings[1], engine.backings[2]
+    shared, private = engine.shared, engine.private
     return {
         "attributes": list(engine.store.ranges()),
         "in_flight": engine.tracker.in_flight(),

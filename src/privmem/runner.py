@@ -97,7 +97,7 @@ class _Sampler(threading.Thread):
     def sample(self) -> None:
         engine = self.machine.engine
         self.timeline.append((time.perf_counter() - self.start_time, engine.stats.double_allocated_bytes))
-        held = engine.backings[1].allocated_bytes() + engine.backings[2].allocated_bytes()
+        held = engine.shared.allocated_bytes() + engine.private.allocated_bytes()
         self.peak_host_bytes = max(self.peak_host_bytes, held)
         self.peak_double_measured = max(self.peak_double_measured, engine.measure_double_allocation())
 

@@ -65,6 +65,16 @@ class ConversionEngine:
         self.journal: list[Request] | None = [] if journal else None
         self._lock = threading.Lock()
 
+    @property
+    def shared(self):
+        """The shared backing (a memfd)."""
+        return self.backings[HELD_SHARED]
+
+    @property
+    def private(self):
+        """The private backing (a guest_memfd, or its stand-in)."""
+        return self.backings[HELD_PRIVATE]
+
     # -- conversions -----------------------------------------------------------------
 
     def convert(self, gpa: int, size: int, to_private: bool, vcpu: int = 0) -> Conversion:
