@@ -24,6 +24,7 @@ import math
 import random
 import time
 
+from .attrs import ATTR_PRIVATE
 from .errors import InvalidArgument
 from .units import MiB, PAGE_SIZE, format_size, parse_size
 from .workload.ops import Op
@@ -120,15 +121,6 @@ def _layout(machine, memory: int, vcpus: int) -> tuple[list[int], int]:
     return own, common
 
 
-def _host_view(machine, data_check: str):
-    """(offset, size) pieces of a page the host compares after a guest WRITE: every byte,
-    unless the machine samples guest data work (then only the sampled bytes are defined)."""
-    if data_check == "sampled" and getattr(machine, "data_check", "full") == "sampled":
-        from .vmm import layout
-        return getattr(layout, "SAMPLE_OFFSETS", ((0, PAGE_SIZE),))
-    return ((0, PAGE_SIZE),)
-
-
 def run_soak(seconds: float, vcpus: int = 2, memory: int | str = "64M", policy: str = "lazy",
              backend: str | None = None, seed: int = 0, data_check: str = "full") -> dict:
     """Soak one machine for ``seconds``; see the module docstring.  Raises InvalidArgument
@@ -160,7 +152,6 @@ def run_soak(seconds: float, vcpus: int = 2, memory: int | str = "64M", policy: 
     with make_machine(backend, memory, vcpus, policy) as machine:
         if hasattr(machine, "data_check"):
             machine.data_check = data_check
-        pieces = _host_view(machine, data_check)
         own, common = _layout(machine, memory, vcpus)
         windows = [_Window(v, own[v], random.Random(rng.getrandbits(64))) for v in range(vcpus)]
         chunks = 0
@@ -182,16 +173,18 @@ def run_soak(seconds: float, vcpus: int = 2, memory: int | str = "64M", policy: 
         for w in windows:
             for page in range(OWN_PAGES):
                 gpa = w.base + page * PAGE_SIZE
-                if store.has(gpa, PAGE_SIZE, 8 if w.private[page] else 0) is False:
+                if not store.has(gpa, PAGE_SIZE, ATTR_PRIVATE if w.private[page] else 0):
                     state_errors += 1
                 if w.data[page] is None:
                     continue
                 verified += 1
                 if not w.private[page]:
-                    data = machine.shared_read(gpa, PAGE_SIZE)
-                    view = pieces if w.by_guest[page] else ((0, PAGE_SIZE),)   # DMA_IN writes every byte
-                    if any(data[o:o + n] != bytes([w.data[page]]) * n for o, n in view):
-                        host_errors += 1
+                    pattern = w.data[page]
+                    # A guest WRITE defines what the machine's data check defines (a sample per
+                    # page when sampling); a DMA_IN wrote every byte.
+                    ok = (machine.shared_matches(gpa, PAGE_SIZE, pattern) if w.by_guest[page]
+                          else machine.shared_read(gpa, PAGE_SIZE) == bytes([pattern]) * PAGE_SIZE)
+                    host_errors += not ok
         stats = machine.engine.stats
         conversions = totals["conversions"]
         return {
