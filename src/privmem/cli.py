@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--memory", type=_size("memory"), help="guest memory (default 1G)")
     bench.add_argument("--vcpus", type=_positive_int("vcpus"))
     bench.add_argument("--backend", type=_choice("backend", BACKENDS), help="default: kvm where /dev/kvm works")
-    bench.add_argument("--repeat", type=_positive_int("repeat"), help="interleaved rounds (default 3)")
+    bench.add_argument("--repeat", type=_positive_int("repeat"), help="interleaved rounds (default 5)")
     bench.add_argument("--scale", type=float, help="workload scale factor")
     bench.add_argument("--no-memslots", action="store_true", help="skip the memslot-splitting contrast run")
     bench.add_argument("--json-out", default="privmem-bench.json")

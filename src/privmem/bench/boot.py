@@ -30,7 +30,7 @@ class BenchConfig:
     memory: int = GiB
     vcpus: int = 1
     backend: str | None = None
-    repeat: int = 3
+    repeat: int = 5
     scale: float = 1.0
     seed: int = 0
     memslots: bool = True

@@ -27,7 +27,9 @@ class HeldMemory:
     ranges already validated by the tracker.
 
     Invariants (``check()``): the store's own; ``held_bytes[side]`` equals the bytes the
-    store marks with that side; fifo times never decrease; without age tracking the fifo
+    store marks with that side; ``_live[value]`` equals the bytes the store marks with each
+    tagged value (so a fifo entry is live exactly when its value is a key); fifo times never
+    decrease; without age tracking the fifo
     stays empty.  Not thread-safe: the engine holds its lock around every call.
     """
 
@@ -36,6 +38,7 @@ class HeldMemory:
         self._store = MemoryAttributes(supported=ADDRESS_LIMIT - 1)
         self._fifo: deque[tuple[float, int, int, int]] = deque()
         self._tags = itertools.count(1)
+        self._live: dict[int, int] = {}   # tagged value -> bytes still held under it
         self.held_bytes = {HELD_SHARED: 0, HELD_PRIVATE: 0}
 
     @property
@@ -52,14 +55,24 @@ class HeldMemory:
         for lo, hi, value in list(self._store.page_runs(first, end)):
             replaced = (hi - lo) << PAGE_SHIFT
             held[value & _SIDE_MASK] -= replaced
+            self._forget(value, replaced)
             if value & _SIDE_MASK != side:
                 reclaimed += replaced
         value = side | (next(self._tags) << _TAG_SHIFT if self.track_age else 0)
         self._store.assign_pages(first, end, value)
         held[side] += size
         if self.track_age:
+            self._live[value] = size
             self._fifo.append((now, gpa, size, value))
         return reclaimed
+
+    def _forget(self, value: int, size: int) -> None:
+        if value >> _TAG_SHIFT:
+            left = self._live[value] - size
+            if left:
+                self._live[value] = left
+            else:
+                del self._live[value]
 
     def release(self, gpa: int, size: int, side: int | None = None,
                 value: int | None = None) -> list[tuple[int, int, int]]:
@@ -72,6 +85,7 @@ class HeldMemory:
                 continue
             self._store.assign_pages(lo, hi, 0)
             self.held_bytes[held & _SIDE_MASK] -= (hi - lo) << PAGE_SHIFT
+            self._forget(held, (hi - lo) << PAGE_SHIFT)
             out.append((lo << PAGE_SHIFT, (hi - lo) << PAGE_SHIFT, held & _SIDE_MASK))
         return out
 
@@ -92,9 +106,10 @@ class HeldMemory:
 
     def take_all(self) -> list[tuple[int, int, int]]:
         """Release everything held, coalesced per side."""
+        last = ADDRESS_LIMIT - (1 << PAGE_SHIFT)
+        runs = self.release(0, last) + self.release(last, 1 << PAGE_SHIFT)
         self._fifo.clear()
-        return _merge(self.release(0, ADDRESS_LIMIT - (1 << PAGE_SHIFT)) +
-                      self.release(ADDRESS_LIMIT - (1 << PAGE_SHIFT), 1 << PAGE_SHIFT))
+        return _merge(runs)
 
     def take_oldest(self, max_bytes: int, older_than: float | None = None) -> list[tuple[int, int, int]]:
         """Release held runs in the order they were held, up to about ``max_bytes`` (at least
@@ -109,18 +124,16 @@ class HeldMemory:
             if older_than is not None and when >= older_than:
                 break
             self._fifo.popleft()
+            if value not in self._live:
+                continue
             runs = self.release(gpa, size, value=value)
             taken += runs
             total += sum(s for _, s, _ in runs)
         return _merge(taken)
 
     def _skip_stale(self) -> None:
-        fifo = self._fifo
-        while fifo:
-            _, gpa, size, value = fifo[0]
-            runs = self._store.page_runs(gpa >> PAGE_SHIFT, (gpa + size) >> PAGE_SHIFT)
-            if any(held == value for _, _, held in runs):
-                return
+        fifo, live = self._fifo, self._live
+        while fifo and fifo[0][3] not in live:
             fifo.popleft()
 
     def runs(self) -> list[tuple[int, int, int]]:
@@ -136,6 +149,12 @@ class HeldMemory:
             counts[value & _SIDE_MASK] += size
         if counts != self.held_bytes:
             raise AssertionError(f"HeldMemory: counted {counts}, bookkept {self.held_bytes}")
+        live: dict[int, int] = {}
+        for _, size, value in self._store.ranges():
+            if value >> _TAG_SHIFT:
+                live[value] = live.get(value, 0) + size
+        if live != self._live:
+            raise AssertionError("HeldMemory: live bytes per hold disagree with the store")
         times = [entry[0] for entry in self._fifo]
         if times != sorted(times) or (self._fifo and not self.track_age):
             raise AssertionError("HeldMemory: fifo out of order, or kept without age tracking")
