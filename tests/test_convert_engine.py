@@ -23,13 +23,30 @@ class Clock:
         return self.now
 
 
+@pytest.fixture(params=["memfd-standin", pytest.param("guest_memfd", marks=pytest.mark.kvm)])
+def private_kind(request):
+    return request.param
+
+
 @pytest.fixture
-def make_engine():
-    made = []
+def make_engine(private_kind):
+    """Engines over a real memfd (shared) and, for private memory, a memfd stand-in or a real
+    guest_memfd (MMAP | INIT_SHARED, so the test can touch it before sealing)."""
+    made, vms = [], []
+
+    def private_backing():
+        if private_kind == "memfd-standin":
+            return PrivateBacking.standin(MEMORY)
+        from privmem.kvm import Kvm, uapi
+        kvm = Kvm()
+        vm = kvm.create_vm()
+        vms.append((kvm, vm))
+        flags = uapi.GUEST_MEMFD_FLAG_MMAP | uapi.GUEST_MEMFD_FLAG_INIT_SHARED
+        return PrivateBacking.from_guest_memfd(vm.create_guest_memfd(MEMORY, flags), MEMORY)
 
     def make(policy="never", budget=MEMORY // 4, shared=None, private=None):
         shared = shared or SharedBacking.create(MEMORY)
-        private = private or PrivateBacking.standin(MEMORY)
+        private = private or private_backing()
         clock = Clock()
         engine = ConversionEngine(ConversionTracker(MemoryAttributes()), make_policy(policy, MEMORY, budget),
                                   shared, private, clock=clock)
@@ -41,6 +58,9 @@ def make_engine():
     for shared, private in made:
         shared.close()
         private.close()
+    for kvm, vm in vms:
+        vm.close()
+        kvm.close()
 
 
 def allocated(backing, gpa, size):
