@@ -254,17 +254,14 @@ class Machine:
         self._vm.set_memory_attributes(request.gpa, request.size, ATTR_PRIVATE if request.private else 0)
 
     def _converter(self, index: int):
-        """vCPU ``index``'s ``convert(gpa, size, to_private)`` for the PSC handler: the engine
-        call and the counters, nothing else (the engine is looked up per call: it may be
-        replaced or wrapped after construction)."""
-        stats = self._stats[index]
+        """vCPU ``index``'s ``convert(gpa, size, to_private)`` for the PSC handler: the same
+        ``_convert`` every exit kind uses (one path, so a subclass that wraps conversions,
+        like MemslotMachine, wraps them all)."""
+        convert = self._convert
 
-        def convert(gpa: int, size: int, to_private: bool):
-            conversion = self.engine.convert(gpa, size, to_private, index)
-            stats.conversions += 1
-            stats.pages_converted += size >> PAGE_SHIFT
-            return conversion
-        return convert
+        def convert_for_vcpu(gpa: int, size: int, to_private: bool):
+            return convert(gpa, size, to_private, index)
+        return convert_for_vcpu
 
     # -- public state -----------------------------------------------------------------
 

@@ -51,22 +51,26 @@ failed ones too), ``memslot_creates``, ``memslot_deletes``, ``memslot_failures``
 (conversions whose surgery failed and was rolled back), ``live_slots`` and ``peak_slots``
 (the reserved slots 0 and 1 included).
 
-Concurrency caveat (inherent in the design, and why KVM later discussed atomic memslot
-updates): between a delete and the matching create, the affected GPAs have no memslot.  With
-one vCPU the guest is stopped in the exit handler that converts, so nothing can notice.
-With several vCPUs, another vCPU touching a *neighbour* of the converted range while its
-slot is being split or merged gets an MMIO exit (reads all-ones, write dropped) and the run
-reports data errors.  A fix needs a way to pause the other vCPUs around the surgery (a hook
-the Machine does not offer).
+Concurrency (inherent in the design, and why KVM later discussed atomic memslot updates):
+between a delete and the matching create, the affected GPAs have no memslot, so another vCPU
+touching a *neighbour* of the converted range during a split or merge would find none (an
+MMIO exit: reads all-ones, writes dropped).  So with several vCPUs a conversion first parks
+every other vCPU outside KVM_RUN (``_others_parked``: immediate_exit plus a kick; they wait in
+their KVM_EXIT_INTR handler, or, if they are converting too, while waiting for their turn),
+then does the surgery, then lets them go: every conversion stops the whole VM, the price the
+rejected design pays on top of the ioctls.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import threading
 from bisect import bisect_left, bisect_right
 
 from ..errors import InvalidState, Unsupported
 from ..kvm import uapi
+from ..kvm.kick import kick
 from ..kvm.system import DEV_KVM
 from .machine import SLOT_PRIVATE, SLOT_SHARED, Machine
 
@@ -129,7 +133,8 @@ class MemslotMachine(Machine):
     maximal run of each view)."""
 
     def __init__(self, memory: int | str = "64M", vcpus: int = 1, engine=None, policy: str = "never", *,
-                 initial: str = "private", kvm_path: str = DEV_KVM, merge: bool = True):
+                 initial: str = "private", kvm_path: str = DEV_KVM, data_check: str = "sampled",
+                 merge: bool = True):
         self.merge = bool(merge)
         self.memslot_ioctls = self.memslot_creates = self.memslot_deletes = self.memslot_failures = 0
         self.reshape_ioctls = 0
@@ -139,7 +144,11 @@ class MemslotMachine(Machine):
         self._free_slots: list[int] = []
         self._next_slot = FIRST_DYNAMIC_SLOT
         self._layout_broken: BaseException | None = None
-        super().__init__(memory, vcpus, engine, policy, initial=initial, kvm_path=kvm_path)
+        self._pause = threading.Condition()
+        self._pauser: int | None = None      # the vCPU doing surgery while the others are parked
+        self._parked: set[int] = set()
+        self.pauses = 0
+        super().__init__(memory, vcpus, engine, policy, initial=initial, kvm_path=kvm_path, data_check=data_check)
         try:
             hooks = getattr(self.engine, "commit_hooks", None)
             if hooks is None:
@@ -149,6 +158,59 @@ class MemslotMachine(Machine):
         except BaseException:
             self.close()
             raise
+
+    # -- stopping the other vCPUs around the surgery ------------------------------------
+
+    def _convert(self, gpa: int, size: int, to_private: bool, index: int):
+        if self.vcpus == 1:        # the only vCPU is in this exit handler: nothing else can run
+            return super()._convert(gpa, size, to_private, index)
+        with self._others_parked(index):
+            return super()._convert(gpa, size, to_private, index)
+
+    @contextlib.contextmanager
+    def _others_parked(self, index: int):
+        """Hold every other vCPU outside KVM_RUN while the body runs.  Taken before the
+        engine's lock, so a vCPU waiting here for its own turn counts as parked and two
+        converting vCPUs cannot wait for each other."""
+        pause = self._pause
+        with pause:
+            while self._pauser is not None:
+                self._parked.add(index)
+                pause.notify_all()
+                pause.wait()
+            self._parked.discard(index)
+            self._pauser = index
+            self.pauses += 1
+            for other, vcpu in enumerate(self._vcpus):
+                if other != index and self._in_loop[other]:
+                    vcpu.kvm_run.immediate_exit = 1      # enough for a thread not yet in KVM_RUN
+                    ident = self._threads[other].ident
+                    if ident:
+                        kick(ident)
+            # A vCPU that leaves its loop (done, stopping) does not notify: poll for it.
+            while not all(other == index or other in self._parked or not self._in_loop[other]
+                          for other in range(self.vcpus)):
+                pause.wait(0.01)
+        try:
+            yield
+        finally:
+            with pause:
+                self._pauser = None
+                pause.notify_all()
+
+    def _on_intr(self, index: int) -> bool:
+        """Kicked out of KVM_RUN: park while another vCPU does memslot surgery."""
+        pause = self._pause
+        with pause:
+            if self._pauser is not None and self._pauser != index:
+                self._parked.add(index)
+                pause.notify_all()
+                while self._pauser is not None and not self._stopping:
+                    pause.wait(0.05)
+                self._parked.discard(index)
+            if not self._stopping:
+                self._vcpus[index].kvm_run.immediate_exit = 0
+        return super()._on_intr(index)
 
     # -- construction -----------------------------------------------------------------
 
