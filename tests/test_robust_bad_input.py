@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import gc
 import inspect
-import os
 import re
 import struct
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -34,6 +32,8 @@ from privmem.kvm import uapi
 from privmem.units import MiB
 from privmem.vmm import GuestOp, Machine, layout, psc
 from privmem.vmm.host import HostMachine
+
+from .resources import resources
 from privmem.vmm.psc import OP_PRIVATE, OP_SHARED, encode_entry, encode_request
 from privmem.workload import read_trace
 
@@ -60,20 +60,6 @@ def snapshot(target) -> dict:
         "held": engine.held.runs(),
         "journal": None if engine.journal is None else len(engine.journal),
     }
-
-
-def resources() -> dict:
-    """What the process holds: open fds, shared mappings and threads (after a collection, so
-    objects an earlier test dropped do not count).
-
-    Every mapping privmem makes is MAP_SHARED (memfd, guest_memfd, kvm_run; 's' in the
-    permissions column of /proc/self/maps).  Private anonymous mappings are left out on
-    purpose: glibc keeps the stacks and malloc arenas of finished threads for reuse, so
-    their number depends on how many threads ran before, not on a leak."""
-    gc.collect()
-    with open("/proc/self/maps") as maps:
-        shared = sum(1 for line in maps if line.split()[1].endswith("s"))
-    return {"fds": len(os.listdir("/proc/self/fd")), "shared_maps": shared, "threads": threading.active_count()}
 
 
 def full_data_checks() -> dict:

@@ -23,7 +23,8 @@ from privmem.vmm.host import HostMachine
 from privmem.workload import generate
 from privmem.workload.model import check_trace
 
-from .test_robust_bad_input import full_data_checks, journaled_engine, resources, snapshot
+from .resources import resources
+from .test_robust_bad_input import full_data_checks, journaled_engine, snapshot
 
 PAGE = 4096
 TIMEOUT = 60

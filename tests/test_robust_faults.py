@@ -17,12 +17,12 @@ from privmem import GuestError
 from privmem.attrs import ATTR_PRIVATE, MemoryAttributes
 from privmem.backing import FaultyBacking
 from privmem.convert import ConversionEngine, ConversionTracker, make_policy
-from privmem.kvm import uapi
 from privmem.units import MiB
 from privmem.vmm import GuestOp, Machine, layout
 from privmem.vmm.host import HostMachine
 
-from .test_robust_bad_input import resources, snapshot
+from .resources import resources
+from .test_robust_bad_input import snapshot
 
 PAGE = 4096
 MEMORY = 16 * MiB

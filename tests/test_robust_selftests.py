@@ -26,7 +26,8 @@ from privmem.units import MiB
 from privmem.vmm import GuestOp, Machine
 from privmem.vmm.machine import MAX_FAULT_REPEATS
 
-from .test_robust_bad_input import full_data_checks, resources
+from .resources import resources
+from .test_robust_bad_input import full_data_checks
 
 pytestmark = pytest.mark.kvm
 

@@ -9,7 +9,7 @@ from privmem import InvalidArgument
 from privmem import runner
 from privmem.soak import KEYS, format_soak, run_soak
 
-from .test_robust_bad_input import resources
+from .resources import resources
 
 
 @pytest.mark.parametrize("backend", [pytest.param("kvm", marks=pytest.mark.kvm), "host"])

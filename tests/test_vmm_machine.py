@@ -4,7 +4,6 @@ error propagation, timeouts and resource hygiene."""
 
 import errno
 import gc
-import os
 import struct
 import threading
 import time
@@ -18,6 +17,8 @@ from privmem.kvm import uapi
 from privmem.units import MiB
 from privmem.vmm import GuestOp, Machine, layout, psc
 from privmem.vmm.psc import OP_PRIVATE, OP_SHARED, encode_entry, encode_request
+
+from .resources import resources
 
 pytestmark = pytest.mark.kvm
 
@@ -272,17 +273,10 @@ def test_exit_roundtrip_measurement():
         assert m.exit_counts["io"] >= 2000
 
 
-def _resources():
-    fds = len(os.listdir("/proc/self/fd"))
-    with open("/proc/self/maps") as f:
-        maps = sum(1 for _ in f)
-    return fds, maps, threading.active_count()
-
-
 def test_twenty_machines_leak_nothing():
     with Machine(MEM, 2) as m:            # warm up: imports, signal handler, libc
         m.run_ops([W("write", BASE, PAGE, view="private", pattern=1)], timeout=TIMEOUT)
-    before = _resources()
+    before = resources()
     for i in range(20):
         with Machine(MEM, 2) as m:
             m.run_ops([W("convert", BASE, PAGE, vcpu=i % 2, to="shared"),
@@ -295,7 +289,7 @@ def test_twenty_machines_leak_nothing():
     forgotten.run_ops([W("write", BASE, PAGE, view="private", pattern=1)], timeout=TIMEOUT)
     del forgotten
     gc.collect()
-    assert _resources() == before
+    assert resources() == before
 
 
 def test_one_gib_machine_boots_and_runs_ops():

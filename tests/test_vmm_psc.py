@@ -144,15 +144,16 @@ def test_engine_refusal_is_invalid_not_a_crash():
 
 # ---- the VMM's in-place path: same decisions, same bytes as serve + patch ---------------
 
+def refusing(gpa, size, to_private):
+    raise InvalidArgument("gpa", gpa, "engine says no")
+
+
 def _both(page, busy_at=None, refuse=False):
     """(status, buffer after, calls) from serve+patch and from serve_in_place."""
     out = []
     for in_place in (False, True):
         rec = Recorder(busy_at)
-        convert = rec
-        if refuse:
-            def convert(gpa, size, to_private):
-                raise InvalidArgument("gpa", gpa, "engine says no")
+        convert = refusing if refuse else rec
         if in_place:
             buffer = bytearray(page.ljust(4096, b"\0"))
             status, error = psc.serve_in_place(memoryview(buffer), MEMORY, convert)

@@ -111,8 +111,6 @@ def measure(structure: str, make, guest: str, memory: int, pattern: str, seed: i
 
     # Once each way from the built state: the first call pays for every run it replaces.
     set_1gib_ms = max(_once(lambda: store.set(0, GiB, 0)), _once(lambda: store.set(0, GiB, ATTR_PRIVATE))) * 1e3
-    del store
-    gc.collect()
     return StoreResult(structure, guest, pattern, memory, footprint, entries, build_s,
                        set_ops, get_ops, has_ops, set_1gib_ms)
 

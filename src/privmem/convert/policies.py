@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..attrs.ranges import MemoryAttributes
 from ..errors import InvalidArgument
 from ..units import MiB
-from .held import HELD_PRIVATE, HELD_SHARED, HeldMemory
+from .held import HELD_SHARED, HeldMemory
 
 DISCARD, HOLD = "discard", "hold"
 

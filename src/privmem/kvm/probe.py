@@ -23,14 +23,9 @@ KEYS = ("kvm", "api_version", "vm_types", "memory_attributes", "guest_memfd", "g
         "user_memory2", "memory_fault_info", "exit_hypercall", "hypercall_exit_works", "max_memslots")
 
 
-def _names(mask: int, names: dict[int, str]) -> list[str]:
-    out = []
-    bit = 0
-    while mask >> bit:
-        if mask >> bit & 1:
-            out.append(names.get(bit if names is uapi.VM_TYPE_NAMES else 1 << bit, f"bit{bit}"))
-        bit += 1
-    return out
+def _set_bits(mask: int) -> list[int]:
+    """Positions of the bits set in ``mask``, ascending."""
+    return [bit for bit in range(mask.bit_length()) if mask >> bit & 1]
 
 
 def probe(path: str = DEV_KVM, *, measure: bool = True, timeout: float = 0.2) -> dict:
@@ -46,10 +41,11 @@ def probe(path: str = DEV_KVM, *, measure: bool = True, timeout: float = 0.2) ->
             info["api_version"] = kvm.get_api_version()
             cap = kvm.check_extension
             types = cap(uapi.KVM_CAP_VM_TYPES) or 1 << uapi.KVM_X86_DEFAULT_VM
-            info["vm_types"] = _names(types, uapi.VM_TYPE_NAMES)
+            info["vm_types"] = [uapi.VM_TYPE_NAMES.get(bit, f"type{bit}") for bit in _set_bits(types)]
             info["memory_attributes"] = cap(uapi.KVM_CAP_MEMORY_ATTRIBUTES)
             info["guest_memfd"] = bool(cap(uapi.KVM_CAP_GUEST_MEMFD))
-            info["guest_memfd_flags"] = _names(cap(uapi.KVM_CAP_GUEST_MEMFD_FLAGS), uapi.GUEST_MEMFD_FLAG_NAMES)
+            info["guest_memfd_flags"] = [uapi.GUEST_MEMFD_FLAG_NAMES.get(1 << bit, f"bit{bit}")
+                                         for bit in _set_bits(cap(uapi.KVM_CAP_GUEST_MEMFD_FLAGS))]
             info["user_memory2"] = bool(cap(uapi.KVM_CAP_USER_MEMORY2))
             info["memory_fault_info"] = bool(cap(uapi.KVM_CAP_MEMORY_FAULT_INFO))
             info["exit_hypercall"] = cap(uapi.KVM_CAP_EXIT_HYPERCALL)

@@ -16,16 +16,20 @@ KVMIO = 0xAE
 KVM_API_VERSION = 12
 
 # VM types (KVM_CREATE_VM argument; bit n of KVM_CAP_VM_TYPES)
-KVM_X86_DEFAULT_VM = 0
-KVM_X86_SW_PROTECTED_VM = 1
-KVM_X86_SEV_VM = 2
-KVM_X86_SEV_ES_VM = 3
-KVM_X86_SNP_VM = 4
-KVM_X86_TDX_VM = 5
-VM_TYPE_NAMES = {
-    KVM_X86_DEFAULT_VM: "default", KVM_X86_SW_PROTECTED_VM: "sw_protected", KVM_X86_SEV_VM: "sev",
-    KVM_X86_SEV_ES_VM: "sev_es", KVM_X86_SNP_VM: "snp", KVM_X86_TDX_VM: "tdx",
-}
+VM_TYPE_NAMES: dict[int, str] = {}
+
+
+def _vm_type(value: int, name: str) -> int:
+    VM_TYPE_NAMES[value] = name
+    return value
+
+
+KVM_X86_DEFAULT_VM = _vm_type(0, "default")
+KVM_X86_SW_PROTECTED_VM = _vm_type(1, "sw_protected")
+KVM_X86_SEV_VM = _vm_type(2, "sev")
+KVM_X86_SEV_ES_VM = _vm_type(3, "sev_es")
+KVM_X86_SNP_VM = _vm_type(4, "snp")
+KVM_X86_TDX_VM = _vm_type(5, "tdx")
 
 # Capabilities (KVM_CHECK_EXTENSION argument)
 KVM_CAP_NR_MEMSLOTS = 10
@@ -39,27 +43,28 @@ KVM_CAP_PRE_FAULT_MEMORY = 236
 KVM_CAP_GUEST_MEMFD_FLAGS = 244
 
 # Exit reasons (kvm_run.exit_reason)
-KVM_EXIT_UNKNOWN = 0
-KVM_EXIT_EXCEPTION = 1
-KVM_EXIT_IO = 2
-KVM_EXIT_HYPERCALL = 3
-KVM_EXIT_DEBUG = 4
-KVM_EXIT_HLT = 5
-KVM_EXIT_MMIO = 6
-KVM_EXIT_IRQ_WINDOW_OPEN = 7
-KVM_EXIT_SHUTDOWN = 8
-KVM_EXIT_FAIL_ENTRY = 9
-KVM_EXIT_INTR = 10
-KVM_EXIT_INTERNAL_ERROR = 17
-KVM_EXIT_SYSTEM_EVENT = 24
-KVM_EXIT_MEMORY_FAULT = 39
-EXIT_REASON_NAMES = {
-    KVM_EXIT_UNKNOWN: "unknown", KVM_EXIT_EXCEPTION: "exception", KVM_EXIT_IO: "io",
-    KVM_EXIT_HYPERCALL: "hypercall", KVM_EXIT_DEBUG: "debug", KVM_EXIT_HLT: "hlt",
-    KVM_EXIT_MMIO: "mmio", KVM_EXIT_IRQ_WINDOW_OPEN: "irq_window_open", KVM_EXIT_SHUTDOWN: "shutdown",
-    KVM_EXIT_FAIL_ENTRY: "fail_entry", KVM_EXIT_INTR: "intr", KVM_EXIT_INTERNAL_ERROR: "internal_error",
-    KVM_EXIT_SYSTEM_EVENT: "system_event", KVM_EXIT_MEMORY_FAULT: "memory_fault",
-}
+EXIT_REASON_NAMES: dict[int, str] = {}
+
+
+def _exit(value: int, name: str) -> int:
+    EXIT_REASON_NAMES[value] = name
+    return value
+
+
+KVM_EXIT_UNKNOWN = _exit(0, "unknown")
+KVM_EXIT_EXCEPTION = _exit(1, "exception")
+KVM_EXIT_IO = _exit(2, "io")
+KVM_EXIT_HYPERCALL = _exit(3, "hypercall")
+KVM_EXIT_DEBUG = _exit(4, "debug")
+KVM_EXIT_HLT = _exit(5, "hlt")
+KVM_EXIT_MMIO = _exit(6, "mmio")
+KVM_EXIT_IRQ_WINDOW_OPEN = _exit(7, "irq_window_open")
+KVM_EXIT_SHUTDOWN = _exit(8, "shutdown")
+KVM_EXIT_FAIL_ENTRY = _exit(9, "fail_entry")
+KVM_EXIT_INTR = _exit(10, "intr")
+KVM_EXIT_INTERNAL_ERROR = _exit(17, "internal_error")
+KVM_EXIT_SYSTEM_EVENT = _exit(24, "system_event")
+KVM_EXIT_MEMORY_FAULT = _exit(39, "memory_fault")
 
 KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1
