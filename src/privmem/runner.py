@@ -119,9 +119,6 @@ def run_trace(trace: Trace, policy: str = "never", backend: str | None = None, t
     """Run ``trace`` on a fresh machine; the machine is closed before this returns."""
     backend = backend or default_backend()
     with make_machine(backend, trace.memory, trace.vcpus, policy, tracking) as machine:
-        if any(op.gpa < machine.reserved_bytes for op in trace.ops):
-            raise InvalidArgument("trace", trace.name, f"has ops below the machine's reserved "
-                                  f"{machine.reserved_bytes:#x} bytes", hex_value=False)
         sampler = _Sampler(machine, sample_interval)
         sampler.start()
         try:
