@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 from ..attrs.validate import ATTR_PRIVATE, check_range
 from ..errors import AccessDenied, InvalidArgument, InvalidState, SyscallError
-from ..units import PAGE_SHIFT
+from ..units import PAGE_SHIFT, PAGE_SIZE
 from .held import HELD_PRIVATE, HELD_SHARED, SIDES, HeldMemory
 from .policies import DISCARD, Policy
 from .tracker import Conversion, ConversionTracker, Request
@@ -215,6 +215,15 @@ class ConversionEngine:
             lo = private[0]
             raise AccessDenied(f"host access to [{gpa:#x}, {gpa + size:#x}) refused: "
                                f"page {lo << PAGE_SHIFT:#x} is private")
+
+    def check_device_access(self, gpa: int, n: int) -> None:
+        """The device-access rule both machines apply to ``n`` bytes at ``gpa``:
+        InvalidArgument outside guest memory, AccessDenied if a page they touch is private."""
+        if not isinstance(gpa, int) or gpa < 0 or n < 0 or gpa + n > self.memory:
+            raise InvalidArgument("gpa", gpa, f"range of {n} bytes is outside guest memory ({self.memory:#x})")
+        if n:
+            first = gpa & ~(PAGE_SIZE - 1)
+            self.require_shared(first, ((gpa + n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) - first)
 
     # -- accounting --------------------------------------------------------------------
 

@@ -70,22 +70,14 @@ class HostMachine:
 
     # -- device access ------------------------------------------------------------------
 
-    def _check_device_range(self, gpa: int, n: int) -> tuple[int, int]:
-        if not isinstance(gpa, int) or gpa < 0 or n < 0 or gpa + n > self.memory:
-            raise InvalidArgument("gpa", gpa, f"range of {n} bytes is outside guest memory ({self.memory:#x})")
-        first = gpa - gpa % PAGE_SIZE
-        return first, -(-(gpa + n - first) // PAGE_SIZE) * PAGE_SIZE
-
     def shared_read(self, gpa: int, n: int) -> bytes:
         """Device read through the shared view; AccessDenied if any touched page is private."""
-        if n:
-            self.engine.require_shared(*self._check_device_range(gpa, n))
+        self.engine.check_device_access(gpa, n)
         return self.shared.read(gpa, n)
 
     def shared_write(self, gpa: int, data: bytes) -> None:
         """Device write through the shared view; AccessDenied if any touched page is private."""
-        if data:
-            self.engine.require_shared(*self._check_device_range(gpa, len(data)))
+        self.engine.check_device_access(gpa, len(data))
         self.shared.write(gpa, data)
 
     def shared_matches(self, gpa: int, size: int, pattern: int) -> bool:

@@ -15,7 +15,7 @@ Memory (docs/design.md, "vmm/"):
 
 Conversion state lives in the engine's store (``privmem.convert``); where the host has
 KVM_CAP_MEMORY_ATTRIBUTES, KVM_SET_MEMORY_ATTRIBUTES is issued as a commit hook.  The engine
-is thread-safe and owns the one rule for host access (``engine.require_shared``): the machine
+is thread-safe and owns the one rule for host access (``engine.check_device_access``): the machine
 takes no lock of its own around conversions or device accesses.
 
 Guest data work is sampled (``data_check``, layout.py): on this host the guest is emulated
@@ -60,7 +60,6 @@ ATTR_PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
 MAX_FAULT_REPEATS = 1000
 MAX_FAILURES = 100
 _MASK64 = (1 << 64) - 1
-_PAGE_BASE = ~(PAGE_SIZE - 1)
 _EXIT_NAMES = uapi.EXIT_REASON_NAMES
 _MAILBOX_UNPACK = layout.MAILBOX_FORMAT.unpack_from
 
@@ -306,24 +305,15 @@ class Machine:
 
     # -- host (device) access to shared memory ----------------------------------------
 
-    def _check_shared(self, gpa: int, n: int) -> None:
-        """InvalidArgument outside guest memory; AccessDenied (``engine.require_shared``, the
-        rule the host backend uses too) if a page the bytes touch is private."""
-        if not isinstance(gpa, int) or gpa < 0 or n < 0 or gpa + n > self.memory:
-            raise InvalidArgument("gpa", gpa, f"range of {n} bytes is outside guest memory ({self.memory:#x})")
-        if n:
-            first = gpa & _PAGE_BASE
-            self.engine.require_shared(first, ((gpa + n + PAGE_SIZE - 1) & _PAGE_BASE) - first)
-
     def shared_read(self, gpa: int, n: int) -> bytes:
         """Device read of guest memory through the shared view (memfd); AccessDenied if any
         touched page is private.  ``gpa`` is without the shared bit."""
-        self._check_shared(gpa, n)
+        self.engine.check_device_access(gpa, n)
         return self.shared.read(gpa, n)
 
     def shared_write(self, gpa: int, data: bytes) -> None:
         """Device write through the shared view; AccessDenied if any touched page is private."""
-        self._check_shared(gpa, len(data))
+        self.engine.check_device_access(gpa, len(data))
         self.shared.write(gpa, data)
 
     # -- running ----------------------------------------------------------------------
@@ -655,7 +645,7 @@ class Machine:
         """Device writes ``pattern`` over [gpa, gpa + size) (shared pages only)."""
         gpa, size, pattern, _, _ = self._mailbox(index)
         try:
-            self._check_shared(gpa, size)
+            self.engine.check_device_access(gpa, size)
             self.shared.fill(gpa, size, pattern & 0xFF)
         except (AccessDenied, InvalidArgument) as exc:
             self._stats[index].dma_errors += 1
