@@ -21,6 +21,7 @@ from privmem.units import MiB
 from privmem.vmm import GuestOp, Machine
 from privmem.vmm.host import HostMachine
 from privmem.workload import generate
+from privmem.workload.ops import Op
 from privmem.workload.model import check_trace
 
 from .resources import resources
@@ -195,14 +196,20 @@ class SignallingTracker(ConversionTracker):
 def test_overlapping_requests_see_busy_retry_and_replay_sequentially_on_the_host_backend(policy):
     memory, vcpus = 16 * MiB, 4
     trace = generate("random", memory=memory, vcpus=vcpus, seed=11, scale=0.04, reserved=RESERVED)
+    # Every vCPU starts by converting the same range of the trace's common (data-free) window, so
+    # the first request held in flight is met for sure, not by luck of the interleaving.
+    common = 0x69A000
+    meeting = [op for vcpu in range(vcpus) for op in (Op("convert", common, 8 * PAGE, vcpu, to="shared"),
+                                                       Op("convert", common, 8 * PAGE, vcpu, to="private"))]
+    ops = meeting + list(trace.ops)
     before = resources()
     with HostMachine(memory, vcpus) as m:
-        hook = SlowCommit(0.05)
+        hook = SlowCommit(0.5)
         m.engine = ConversionEngine(SignallingTracker(MemoryAttributes(), hook), make_policy(policy, memory),
                                     m.shared, m.private, commit_hooks=[hook], journal=True)
         m.engine.set_initial(0, memory, True)
         initial = list(m.engine.store.ranges())
-        result = m.run_ops(trace.ops, timeout=TIMEOUT)
+        result = m.run_ops(ops, timeout=TIMEOUT)
         assert result.data_errors == 0 and result.dma_errors == 0
         assert result.psc_retries > 0                      # overlapping requests met: Busy, retried
         assert hook.calls == len(m.engine.journal)         # every request that got in committed
