@@ -15,21 +15,22 @@ u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_u
 KVMIO = 0xAE
 KVM_API_VERSION = 12
 
-# VM types (KVM_CREATE_VM argument; bit n of KVM_CAP_VM_TYPES)
-VM_TYPE_NAMES: dict[int, str] = {}
 
-
-def _vm_type(value: int, name: str) -> int:
-    VM_TYPE_NAMES[value] = name
+def _named(table: dict[int, str], value: int, name: str) -> int:
+    """Define a constant and its name in one place: the name tables cannot drift."""
+    table[value] = name
     return value
 
 
-KVM_X86_DEFAULT_VM = _vm_type(0, "default")
-KVM_X86_SW_PROTECTED_VM = _vm_type(1, "sw_protected")
-KVM_X86_SEV_VM = _vm_type(2, "sev")
-KVM_X86_SEV_ES_VM = _vm_type(3, "sev_es")
-KVM_X86_SNP_VM = _vm_type(4, "snp")
-KVM_X86_TDX_VM = _vm_type(5, "tdx")
+# VM types (KVM_CREATE_VM argument; bit n of KVM_CAP_VM_TYPES)
+VM_TYPE_NAMES: dict[int, str] = {}
+
+KVM_X86_DEFAULT_VM = _named(VM_TYPE_NAMES, 0, "default")
+KVM_X86_SW_PROTECTED_VM = _named(VM_TYPE_NAMES, 1, "sw_protected")
+KVM_X86_SEV_VM = _named(VM_TYPE_NAMES, 2, "sev")
+KVM_X86_SEV_ES_VM = _named(VM_TYPE_NAMES, 3, "sev_es")
+KVM_X86_SNP_VM = _named(VM_TYPE_NAMES, 4, "snp")
+KVM_X86_TDX_VM = _named(VM_TYPE_NAMES, 5, "tdx")
 
 # Capabilities (KVM_CHECK_EXTENSION argument)
 KVM_CAP_NR_MEMSLOTS = 10
@@ -45,26 +46,20 @@ KVM_CAP_GUEST_MEMFD_FLAGS = 244
 # Exit reasons (kvm_run.exit_reason)
 EXIT_REASON_NAMES: dict[int, str] = {}
 
-
-def _exit(value: int, name: str) -> int:
-    EXIT_REASON_NAMES[value] = name
-    return value
-
-
-KVM_EXIT_UNKNOWN = _exit(0, "unknown")
-KVM_EXIT_EXCEPTION = _exit(1, "exception")
-KVM_EXIT_IO = _exit(2, "io")
-KVM_EXIT_HYPERCALL = _exit(3, "hypercall")
-KVM_EXIT_DEBUG = _exit(4, "debug")
-KVM_EXIT_HLT = _exit(5, "hlt")
-KVM_EXIT_MMIO = _exit(6, "mmio")
-KVM_EXIT_IRQ_WINDOW_OPEN = _exit(7, "irq_window_open")
-KVM_EXIT_SHUTDOWN = _exit(8, "shutdown")
-KVM_EXIT_FAIL_ENTRY = _exit(9, "fail_entry")
-KVM_EXIT_INTR = _exit(10, "intr")
-KVM_EXIT_INTERNAL_ERROR = _exit(17, "internal_error")
-KVM_EXIT_SYSTEM_EVENT = _exit(24, "system_event")
-KVM_EXIT_MEMORY_FAULT = _exit(39, "memory_fault")
+KVM_EXIT_UNKNOWN = _named(EXIT_REASON_NAMES, 0, "unknown")
+KVM_EXIT_EXCEPTION = _named(EXIT_REASON_NAMES, 1, "exception")
+KVM_EXIT_IO = _named(EXIT_REASON_NAMES, 2, "io")
+KVM_EXIT_HYPERCALL = _named(EXIT_REASON_NAMES, 3, "hypercall")
+KVM_EXIT_DEBUG = _named(EXIT_REASON_NAMES, 4, "debug")
+KVM_EXIT_HLT = _named(EXIT_REASON_NAMES, 5, "hlt")
+KVM_EXIT_MMIO = _named(EXIT_REASON_NAMES, 6, "mmio")
+KVM_EXIT_IRQ_WINDOW_OPEN = _named(EXIT_REASON_NAMES, 7, "irq_window_open")
+KVM_EXIT_SHUTDOWN = _named(EXIT_REASON_NAMES, 8, "shutdown")
+KVM_EXIT_FAIL_ENTRY = _named(EXIT_REASON_NAMES, 9, "fail_entry")
+KVM_EXIT_INTR = _named(EXIT_REASON_NAMES, 10, "intr")
+KVM_EXIT_INTERNAL_ERROR = _named(EXIT_REASON_NAMES, 17, "internal_error")
+KVM_EXIT_SYSTEM_EVENT = _named(EXIT_REASON_NAMES, 24, "system_event")
+KVM_EXIT_MEMORY_FAULT = _named(EXIT_REASON_NAMES, 39, "memory_fault")
 
 KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1
