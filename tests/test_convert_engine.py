@@ -246,7 +246,7 @@ def test_the_drainer_discards_aged_memory_while_the_guest_is_idle():
 
     from privmem.convert.drainer import Drainer
     from privmem.vmm.host import HostMachine
-    from privmem.workload import ops
+    from privmem import ops
 
     with HostMachine(MEMORY, policy="lazy") as machine:
         gpa = machine.reserved_bytes

@@ -201,9 +201,9 @@ API_CASES = {
     "tracker.abort twice": Case("host", _abort_twice, InvalidState, r"cannot abort request \d+: it is not in flight"),
     # engine
     "engine.convert misaligned gpa": Case("host", lambda m: m.engine.convert(BASE + 512, PAGE, True),
-                                          InvalidArgument, r"address=0x400200: must be 4 KiB aligned"),
+                                          InvalidArgument, r"gpa=0x400200: must be 4 KiB aligned"),
     "engine.convert size 0": Case("host", lambda m: m.engine.convert(BASE, 0, False),
-                                  InvalidArgument, r"size=0x0: must not be 0"),
+                                  InvalidArgument, r"size=0x0: must be > 0"),
     "engine.populate after launch": Case("host", _fresh_engine_after_launch("populate"), InvalidState,
                                          r"populate is refused after launch"),
     "engine.set_initial after launch": Case("host", _fresh_engine_after_launch("set_initial"), InvalidState,
@@ -249,10 +249,10 @@ API_CASES = {
     "HostMachine initial": Case("host", _host_machine(memory="8M", initial="maybe"), InvalidArgument,
                                 r"initial='maybe': must be 'private' or 'shared'"),
     "HostMachine shared_read past memory": Case("host", lambda m: m.shared_read(HOST_MEMORY - PAGE, 2 * PAGE),
-                                                InvalidArgument, r"gpa=0x7ff000: range of 8192 bytes is outside "
-                                                r"guest memory \(0x800000\)"),
+                                                InvalidArgument, r"gpa=0x7ff000: \[0x7ff000, 0x801000\) is not all guest "
+                                                r"RAM: 0x800000 is past the last RAM region"),
     "HostMachine shared_write negative": Case("host", lambda m: m.shared_write(-1, b"x"),
-                                              InvalidArgument, r"gpa=-0x1: range of 1 bytes is outside"),
+                                              InvalidArgument, r"gpa=-0x1: must be a non-negative integer"),
     "HostMachine shared_read private page": Case("host", lambda m: m.shared_read(BASE + 2 * PAGE, 16),
                                                  AccessDenied, r"page 0x402000 is private"),
     "HostMachine run_ops vcpu past vcpus": Case("host", lambda m: m.run_ops([GuestOp("touch", BASE, PAGE, 2,
@@ -281,11 +281,11 @@ API_CASES = {
     "Machine missing kvm device": Case("kvm", _machine(memory="8M", kvm_path="/nonexistent/kvm"), KvmError,
                                        r"ENOENT"),
     "Machine shared_read past memory": Case("kvm", lambda m: m.shared_read(KVM_MEMORY, 1), InvalidArgument,
-                                            r"gpa=0x1000000: range of 1 bytes is outside guest memory"),
+                                            r"gpa=0x1000000: \[0x1000000, 0x1000001\) is not all guest RAM"),
     "Machine shared_read negative": Case("kvm", lambda m: m.shared_read(-PAGE, 1), InvalidArgument,
-                                         r"gpa=-0x1000: range of 1 bytes is outside"),
+                                         r"gpa=-0x1000: must be a non-negative integer"),
     "Machine shared_write across the end": Case("kvm", lambda m: m.shared_write(KVM_MEMORY - 1, b"ab"),
-                                                InvalidArgument, r"gpa=0xffffff: range of 2 bytes is outside"),
+                                                InvalidArgument, r"gpa=0xffffff: \[0xffffff, 0x1000001\) is not all guest RAM"),
     "Machine shared_write private page": Case("kvm", lambda m: m.shared_write(BASE + 2 * PAGE, b"x"),
                                               AccessDenied, r"host access to \[0x402000, 0x40[23]00[01]\) refused: .*0x402000.* private"),
     "Machine run_ops vcpu past vcpus": Case("kvm", lambda m: m.run_ops([GuestOp("touch", BASE, PAGE, 2,
@@ -437,12 +437,13 @@ TRACE_CASES = {
     "negative vcpu": (HEADER + '\n{"op": "convert", "gpa": 4096, "size": 4096, "vcpu": -1, "to": "shared"}\n',
                       2, "vcpu", r"line 2: vcpu=-1: must not be negative"),
     "size past guest memory": (HEADER + '\n\n{"op": "convert", "gpa": 16773120, "size": 8192, "to": "shared"}\n',
-                               3, "size", r"line 3: size=8192: range \[0xfff000, 0x1001000\) is past guest memory"),
+                               3, "gpa", r"line 3: gpa=16773120: \[0xfff000, 0x1001000\) is not all guest RAM: "
+                               r"0x1000000 is past the last RAM region \[0x0, 0x1000000\)"),
     "header lies about memory": ('{"privmem_trace": 1, "memory": 8388608, "vcpus": 1}\n'
                                  '{"op": "convert", "gpa": 4194304, "size": 4096, "to": "shared"}\n'
                                  '{"op": "touch", "gpa": 12582912, "size": 4096, "view": "private"}\n',
-                                 3, "gpa", r"line 3: gpa=12582912: range \[0xc00000, 0xc01000\) is past guest "
-                                 r"memory \(0x800000\)"),
+                                 3, "gpa", r"line 3: gpa=12582912: \[0xc00000, 0xc01000\) is not all guest RAM: "
+                                 r"0xc00000 is past the last RAM region \[0x0, 0x800000\)"),
     "vcpu past header vcpus": (HEADER + '\n{"op": "touch", "gpa": 4096, "size": 4096, "vcpu": 2, "view": "shared"}\n',
                                2, "vcpu", r"line 2: vcpu=2: must be < vcpus \(2\)"),
     "pattern 256": (HEADER + '\n{"op": "dma_in", "gpa": 4096, "size": 4096, "pattern": 256}\n', 2, "pattern",
@@ -516,7 +517,7 @@ def test_cli_bad_trace_file_names_its_line(tmp_path, capsys):
     path.write_text(TRACE_CASES["header lies about memory"][0])
     assert cli_main(["run", "--backend", "host", "--trace", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("privmem: line 3: gpa=12582912: range [0xc00000, 0xc01000) is past guest memory")
+    assert err.startswith("privmem: line 3: gpa=12582912: [0xc00000, 0xc01000) is not all guest RAM")
 
 
 def test_bad_input_matrix_has_at_least_40_cases():

@@ -21,7 +21,7 @@ from privmem.units import MiB
 from privmem.vmm import GuestOp, Machine
 from privmem.vmm.host import HostMachine
 from privmem.workload import generate
-from privmem.workload.ops import Op
+from privmem.ops import Op
 from privmem.workload.model import check_trace
 
 from .resources import resources
@@ -184,9 +184,9 @@ class SignallingTracker(ConversionTracker):
         super().__init__(store)
         self.hook = hook
 
-    def request(self, *args, **kwargs):
+    def request_range(self, *args, **kwargs):
         try:
-            return super().request(*args, **kwargs)
+            return super().request_range(*args, **kwargs)
         except Busy:
             self.hook.met.set()
             raise

@@ -5,7 +5,8 @@ import pytest
 from privmem import AccessDenied, InvalidArgument
 from privmem.runner import run_trace
 from privmem.vmm.host import HostMachine
-from privmem.workload import generate, ops
+from privmem import ops
+from privmem.workload import generate
 
 MEMORY = 64 << 20
 POLICIES = ["never", "eager", "keep-shared", "lazy", "adaptive"]

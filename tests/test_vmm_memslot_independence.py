@@ -13,7 +13,7 @@ from privmem.kvm import Kvm, uapi
 from privmem.kvm.slotmap import SlotMapping
 from privmem.vmm import Machine
 from privmem.vmm.machine import SLOT_PRIVATE, SLOT_SHARED
-from privmem.workload import ops
+from privmem import ops
 
 pytestmark = pytest.mark.kvm
 MEMORY = 16 << 20

@@ -19,7 +19,7 @@ from privmem.units import MiB
 from privmem.vmm.machine import Machine
 from privmem.vmm.memslots import MemslotMachine
 from privmem.workload import generate
-from privmem.workload.ops import convert, dma_in, dma_out, touch, verify, write
+from privmem.ops import convert, dma_in, dma_out, touch, verify, write
 
 pytestmark = pytest.mark.kvm
 

@@ -16,18 +16,29 @@ class PrivmemError(Exception):
     """Base of every error privmem raises on purpose."""
 
 
+MAX_SHOWN = 80
+
+
+def shown(value: object, hex_value: bool = False) -> str:
+    """How a value appears in a message: ``repr`` (which escapes control characters, so
+    nothing a file or a guest wrote can act on a terminal), or hex for an int if asked,
+    clipped to MAX_SHOWN characters."""
+    text = hex(value) if hex_value and isinstance(value, int) and not isinstance(value, bool) else repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
+
+
 class InvalidArgument(PrivmemError, ValueError):
     """A caller (API, guest, trace file, CLI) passed a value that is not allowed.
 
-    ``field`` and ``value`` name what was wrong; the message always contains both.
+    ``field`` and ``value`` name what was wrong; the message always contains both (the value
+    clipped and escaped by ``shown``).
     """
 
     def __init__(self, field: str, value: object, why: str = "invalid", *, hex_value: bool = True):
         self.field = field
         self.value = value
         self.why = why
-        shown = hex(value) if hex_value and isinstance(value, int) and not isinstance(value, bool) else repr(value)
-        super().__init__(f"{field}={shown}: {why}")
+        super().__init__(f"{field}={shown(value, hex_value)}: {why}")
 
 
 class InvalidState(PrivmemError, RuntimeError):

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from .errors import InvalidArgument
-from .workload.ops import Trace
+from .ops import Trace
 
 BACKENDS = ("kvm", "host")
 TRACKINGS = ("store", "memslots")

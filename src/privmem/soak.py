@@ -27,7 +27,7 @@ import time
 from .attrs import ATTR_PRIVATE
 from .errors import InvalidArgument
 from .units import MiB, PAGE_SIZE, format_size, parse_size
-from .workload.ops import Op
+from .ops import Op
 
 OWN_PAGES = 256                 # 1 MiB per vCPU
 COMMON_BYTES = 2 * MiB

@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from ..attrs.validate import ATTR_PRIVATE, check_range
+from ..attrs.validate import ATTR_PRIVATE
 from ..errors import AccessDenied, InvalidArgument, InvalidState, SyscallError
+from ..memmap import GpaRange, GuestMemoryMap
 from ..units import PAGE_SHIFT, PAGE_SIZE
 from .held import HELD_PRIVATE, HELD_SHARED, SIDES, HeldMemory
 from .policies import DISCARD, Policy
@@ -34,7 +35,11 @@ class EngineStats:
 class ConversionEngine:
     """Takes conversions through the tracker and applies a discard policy to what they leave.
 
-    Backings are addressed by offset = gpa (guest memory starts at GPA 0 in both files).
+    The store, the tracker and the held books work in guest-physical addresses; the backings
+    are files addressed by offset.  ``memory_map`` (a ``GuestMemoryMap``; default one region
+    at GPA 0 covering the backings) translates between them: every discard, allocation,
+    device access and measurement goes through it, and a range outside guest RAM is refused
+    before anything is committed.
     ``commit_hooks`` run between request and completion (the VMM's KVM_SET_MEMORY_ATTRIBUTES,
     where the host has it); if one raises, the request is aborted and nothing changes.
 
@@ -48,12 +53,17 @@ class ConversionEngine:
 
     def __init__(self, tracker: ConversionTracker, policy: Policy, shared, private,
                  clock: Callable[[], float] = time.monotonic,
-                 commit_hooks: list[Callable[[Request], None]] | None = None, journal: bool = False):
+                 commit_hooks: list[Callable[[Request], None]] | None = None, journal: bool = False,
+                 memory_map: GuestMemoryMap | None = None):
         self.tracker = tracker
         self.store = tracker.store
         self.policy = policy
         self.backings = {HELD_SHARED: shared, HELD_PRIVATE: private}
-        self.memory = min(shared.size, private.size)
+        backed = min(shared.size, private.size)
+        self.memory_map = memory_map if memory_map is not None else GuestMemoryMap.flat(backed)
+        if self.memory_map.ram_bytes > backed:
+            raise InvalidArgument("memory_map", self.memory_map.ram_bytes,
+                                  f"needs more than the backings' {backed:#x} bytes")
         self.clock = clock
         self.commit_hooks = list(commit_hooks or [])
         self.stats = EngineStats()
@@ -77,10 +87,19 @@ class ConversionEngine:
 
     # -- conversions -----------------------------------------------------------------
 
+    @property
+    def memory(self) -> int:
+        """Bytes of guest RAM."""
+        return self.memory_map.ram_bytes
+
     def convert(self, gpa: int, size: int, to_private: bool, vcpu: int = 0) -> Conversion:
-        """Convert a range; raises ``Busy`` if it overlaps a conversion in flight."""
-        self._check_inside(gpa, size)
-        request = self.tracker.request(gpa, size, to_private, vcpu)
+        """Convert a range of guest RAM; raises InvalidArgument (naming a hole) for a range
+        that is not RAM and ``Busy`` if it overlaps a conversion in flight."""
+        return self.convert_range(self.memory_map.range(gpa, size), to_private, vcpu)
+
+    def convert_range(self, where: GpaRange, to_private: bool, vcpu: int = 0) -> Conversion:
+        """``convert`` for a range already validated against this engine's memory map."""
+        request = self.tracker.request_range(where, to_private, vcpu)
         with self._lock:
             try:
                 for hook in self.commit_hooks:
@@ -94,13 +113,6 @@ class ConversionEngine:
             if conversion.changed:
                 self._account(conversion)
             return conversion
-
-    def _check_inside(self, gpa: int, size: int) -> None:
-        """Guest memory ends where the backings do: refuse, before anything is committed."""
-        check_range(gpa, size)
-        if gpa + size > self.memory:
-            raise InvalidArgument("size", size, f"[{gpa:#x}, {gpa + size:#x}) runs past guest memory "
-                                  f"({self.memory:#x})")
 
     def _account(self, conversion: Conversion) -> None:
         now = self.clock()
@@ -132,16 +144,18 @@ class ConversionEngine:
     def _discard(self, runs: list[tuple[int, int, int]], now: float) -> None:
         stats = self.stats
         for gpa, size, side in runs:
+            backing = self.backings[side]
             try:
-                self.backings[side].discard(gpa, size)
+                for offset, length in self.memory_map.pieces(gpa, size):
+                    backing.discard(offset, length)
+                    stats.discards += 1
+                    stats.discarded_bytes += length
             except SyscallError:
-                # The conversion stays committed; the memory stays held and is retried later.
+                # The conversion stays committed; the memory stays held and is retried later
+                # (a piece already punched is punched again: harmless).
                 stats.discard_failures += 1
                 self.held.hold(gpa, size, side, now)
                 self._retry.append((gpa, size, side))
-                continue
-            stats.discards += 1
-            stats.discarded_bytes += size
         total = self.held.total
         stats.double_allocated_bytes = total
         stats.peak_double_allocated_bytes = max(stats.peak_double_allocated_bytes, total)
@@ -173,24 +187,27 @@ class ConversionEngine:
         """Initial state before launch (e.g. all guest RAM private, as QEMU sets it when it
         creates the slot): no conversion is counted and nothing is discarded."""
         self._require_unlaunched("set_initial")
-        self._check_inside(gpa, size)
+        self.memory_map.range(gpa, size)
         with self._lock:
             self.store.set(gpa, size, ATTR_PRIVATE if private else 0)
 
     def preallocate(self, gpa: int, size: int) -> None:
         """Allocate private memory up front (before or after binding: the store does not
         care, so nothing needs replaying)."""
-        check_range(gpa, size)
-        self.backings[HELD_PRIVATE].allocate(gpa, size)
+        private = self.backings[HELD_PRIVATE]
+        where = self.memory_map.range(gpa, size)
+        for offset, length in self.memory_map.pieces(where.gpa, where.size):
+            private.allocate(offset, length)
 
     def populate(self, gpa: int, size: int) -> Conversion:
         """Before launch: copy the shared view into private memory and make the range
         private (SNP's launch update; the seed's in-place encryption)."""
         self._require_unlaunched("populate")
-        self._check_inside(gpa, size)
-        data = self.backings[HELD_SHARED].read(gpa, size)
-        self.backings[HELD_PRIVATE].write(gpa, data)
-        return self.convert(gpa, size, True)
+        where = self.memory_map.range(gpa, size)
+        shared, private = self.backings[HELD_SHARED], self.backings[HELD_PRIVATE]
+        for offset, length in self.memory_map.pieces(where.gpa, where.size):
+            private.write(offset, shared.read(offset, length))
+        return self.convert_range(where, True)
 
     def launch(self) -> None:
         self._require_unlaunched("launch")
@@ -206,24 +223,31 @@ class ConversionEngine:
     # -- host (device) access -------------------------------------------------------
 
     def require_shared(self, gpa: int, size: int) -> None:
-        """Raise AccessDenied unless every page of the range is shared: the host and its
-        devices never touch private memory."""
-        first, end = check_range(gpa, size)
+        """Raise AccessDenied unless every page of the range of RAM is shared: the host and
+        its devices never touch private memory."""
+        where = self.memory_map.range(gpa, size)
         with self._lock:
-            private = next(self.store.page_runs(first, end), None)
+            private = next(self.store.page_runs(where.first, where.stop), None)
         if private is not None:
             lo = private[0]
             raise AccessDenied(f"host access to [{gpa:#x}, {gpa + size:#x}) refused: "
                                f"page {lo << PAGE_SHIFT:#x} is private")
 
-    def check_device_access(self, gpa: int, n: int) -> None:
+    def check_device_access(self, gpa: int, n: int) -> list[tuple[int, int]]:
         """The device-access rule both machines apply to ``n`` bytes at ``gpa``:
-        InvalidArgument outside guest memory, AccessDenied if a page they touch is private."""
-        if not isinstance(gpa, int) or gpa < 0 or n < 0 or gpa + n > self.memory:
-            raise InvalidArgument("gpa", gpa, f"range of {n} bytes is outside guest memory ({self.memory:#x})")
-        if n:
-            first = gpa & ~(PAGE_SIZE - 1)
-            self.require_shared(first, ((gpa + n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) - first)
+        InvalidArgument outside guest RAM (naming the hole), AccessDenied if a page they
+        touch is private.  Returns the ``(backing offset, size)`` pieces of the bytes."""
+        if not isinstance(gpa, int) or isinstance(gpa, bool) or gpa < 0:
+            raise InvalidArgument("gpa", gpa, "must be a non-negative integer")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise InvalidArgument("size", n, "must be a non-negative integer", hex_value=False)
+        if not n:
+            return []
+        if not self.memory_map.contains(gpa, n):
+            raise self.memory_map.outside(gpa, n)
+        first = gpa & ~(PAGE_SIZE - 1)
+        self.require_shared(first, ((gpa + n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) - first)
+        return list(self.memory_map.pieces(gpa, n))
 
     # -- accounting --------------------------------------------------------------------
 
@@ -241,7 +265,9 @@ class ConversionEngine:
         an upper bound on this figure."""
         with self._lock:
             runs = self.held.runs()
-        return sum(self.backings[side].allocated_bytes_in(gpa, size) for gpa, size, side in runs)
+        pieces = self.memory_map.pieces
+        return sum(self.backings[side].allocated_bytes_in(offset, length)
+                   for gpa, size, side in runs for offset, length in pieces(gpa, size))
 
     def check(self) -> None:
         with self._lock:

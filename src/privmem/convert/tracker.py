@@ -9,6 +9,7 @@ from typing import NamedTuple
 from ..attrs.ranges import MemoryAttributes
 from ..attrs.validate import ATTR_PRIVATE, check_range
 from ..errors import Busy, InvalidState
+from ..memmap import GpaRange
 from ..units import PAGE_SHIFT
 
 
@@ -67,7 +68,14 @@ class ConversionTracker:
         self._lock = threading.Lock()
 
     def request(self, gpa: int, size: int, private: bool, vcpu: int = 0) -> Request:
+        """Mark ``[gpa, gpa + size)`` pending; Busy if it overlaps a request in flight.
+        O(requests in flight)."""
         check_range(gpa, size)
+        return self.request_range(GpaRange(gpa, size), private, vcpu)
+
+    def request_range(self, where: GpaRange, private: bool, vcpu: int = 0) -> Request:
+        """``request`` for a range already validated (a ``GpaRange``)."""
+        gpa, size = where
         end = gpa + size
         with self._lock:
             for other in self._inflight.values():

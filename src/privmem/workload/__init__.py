@@ -3,7 +3,7 @@ QEMU trace-log importer.  Pure logic (no ctypes, fcntl or mmap)."""
 
 from .generators import DEFAULT_WORKLOAD, RESERVED, WORKLOADS, generate, swiotlb_size
 from .model import ModelResult, check_trace, summary
-from .ops import KINDS, VIEWS, Op, Trace
+from ..ops import KINDS, VIEWS, Op, Trace
 from .qemu_log import ImportReport, import_qemu_log
 from .trace import FORMAT_VERSION, TraceReader, dumps_trace, loads_trace, read_trace, write_trace
 

@@ -2,7 +2,7 @@
 
 ``generate(name, memory, vcpus, seed=0, scale=1.0, reserved=RESERVED) -> Trace``.
 
-Conventions every generator follows (see :mod:`privmem.workload.ops` for the data semantics):
+Conventions every generator follows (see :mod:`privmem.ops` for the data semantics):
 
 * Guest memory starts PRIVATE: the runner pre-marks ``[reserved, memory)`` private before launch
   (``ConversionEngine.populate``), as QEMU sets the whole slot private and SNP firmware validates
@@ -29,7 +29,7 @@ from typing import Callable
 from ..errors import InvalidArgument
 from ..units import GiB, MiB, PAGE_SIZE, is_page_aligned
 from .model import summary
-from .ops import Op, Trace, check_memory, check_vcpus, convert, dma_in, dma_out, touch, verify, write
+from ..ops import Op, Trace, check_memory, check_vcpus, convert, dma_in, dma_out, touch, verify, write
 
 __all__ = ["RESERVED", "WORKLOADS", "DEFAULT_WORKLOAD", "generate", "summary", "swiotlb_size"]
 

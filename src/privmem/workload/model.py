@@ -7,7 +7,7 @@ guest could not run deterministically:
 * a guest op whose ``view`` differs from the page state (private view on a shared page, ...);
 * DMA on a private page;
 * a ``verify`` / ``dma_out`` of data that is undefined (never written since the page's last
-  conversion, see :mod:`privmem.workload.ops`) or that holds a different pattern;
+  conversion, see :mod:`privmem.ops`) or that holds a different pattern;
 * an op inside the low ``reserved`` bytes;
 * (``ownership=True``) a page read or written by one vCPU but converted or accessed by another,
   which would make the result depend on how the vCPUs interleave.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ..errors import InvalidArgument
 from ..units import PAGE_SHIFT
-from .ops import KINDS, Trace
+from ..ops import KINDS, Trace
 
 PRIVATE, SHARED = 1, 0
 _NONE, _MANY = 0, 255
@@ -83,9 +83,11 @@ def check_trace(trace: Trace, reserved: int = 0, ownership: bool = True) -> Mode
     tables = {}
     verified = noop = 0
 
+    offset = trace.memory_map.offset
     for index, op in enumerate(trace.ops):
-        a, b = op.gpa >> PAGE_SHIFT, op.end >> PAGE_SHIFT
-        n = b - a
+        a = offset(op.gpa) >> PAGE_SHIFT
+        n = op.size >> PAGE_SHIFT
+        b = a + n
         if op.gpa < reserved:
             raise InvalidArgument(f"ops[{index}].gpa", op.gpa, f"inside the reserved low {reserved:#x} bytes")
         if track_owners:
@@ -129,11 +131,20 @@ def check_trace(trace: Trace, reserved: int = 0, ownership: bool = True) -> Mode
     while page != -1:
         end = state.find(PRIVATE, page)
         end = pages if end == -1 else end
-        shared_ranges.append((page << PAGE_SHIFT, (end - page) << PAGE_SHIFT))
+        for region_gpa, size in _gpa_spans(trace.memory_map, page << PAGE_SHIFT, end << PAGE_SHIFT):
+            shared_ranges.append((region_gpa, size))
         page = state.find(SHARED, end)
     shared = state.count(SHARED)
     return ModelResult(private_pages=pages - shared, shared_pages=shared, verified_pages=verified,
                        noop_conversion_pages=noop, shared_ranges=shared_ranges)
+
+
+def _gpa_spans(memory_map, offset: int, end: int):
+    """GPA ranges of the backing offsets [offset, end), split where regions are not adjacent."""
+    for region in memory_map.regions:
+        lo, hi = max(offset, region.offset), min(end, region.offset + region.size)
+        if lo < hi:
+            yield region.gpa + lo - region.offset, hi - lo
 
 
 def summary(trace: Trace) -> dict:
@@ -158,7 +169,8 @@ def summary(trace: Trace) -> dict:
             else:
                 to_shared += 1
             pages_converted += op.pages
-            a, b = op.gpa >> PAGE_SHIFT, op.end >> PAGE_SHIFT
+            a = trace.memory_map.offset(op.gpa) >> PAGE_SHIFT
+            b = a + op.pages
             reconverted += seen[a:b].count(1)
             seen[a:b] = b"\x01" * (b - a)
         else:

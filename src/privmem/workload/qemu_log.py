@@ -39,7 +39,7 @@ from typing import IO, Iterable
 from ..errors import InvalidArgument, TraceError
 from ..units import HUGE_PAGE_SIZE, PAGE_SIZE, is_page_aligned
 from .generators import RESERVED
-from .ops import Op, Trace, check_memory, check_vcpus, convert
+from ..ops import Op, Trace, check_memory, check_vcpus, convert
 
 KVM_MEMORY_EXIT_FLAG_PRIVATE = 1 << 3
 _EVENT_RE = re.compile(r"(?<![\w.])(kvm_convert_memory|kvm_memory_fault)(?![\w])(.*)$")

@@ -1,7 +1,14 @@
 """The op model shared by every backend: what a guest (or its device) does to its memory.
 
-A :class:`Trace` is a named list of :class:`Op` for a guest of ``memory`` bytes and ``vcpus`` vCPUs.
-Each op acts on the half-open page range ``[gpa, gpa + size)`` and belongs to one vCPU.
+A :class:`Trace` is a named list of :class:`Op` for a guest with ``vcpus`` vCPUs whose RAM is
+laid out by a :class:`~privmem.memmap.GuestMemoryMap` (``memory`` bytes of RAM; one region at
+GPA 0 unless the trace says otherwise).  Each op acts on the half-open page range
+``[gpa, gpa + size)``, which must be RAM, and belongs to one vCPU.  An op may carry ``t``,
+the time (seconds from the start of the recording) at which its event was recorded, so a
+replay can honour the recording's gaps if asked.
+
+This module sits below ``vmm``: the machines run these ops, the trace format and the
+generators produce them.
 
 Kinds and their fields (a field not listed for a kind must be ``None``):
 
@@ -27,23 +34,26 @@ Data semantics every backend and generator follows:
   before its first write.  A ``verify`` / ``dma_out`` is only meaningful for data written
   (``write`` / ``dma_in``) after the page's last conversion; :func:`privmem.workload.model.check_trace`
   enforces this so that a trace's result never depends on the discard policy.
-* Guest memory starts PRIVATE (QEMU sets the whole slot private at creation); runners pre-mark
-  ``[reserved, memory)`` private before launch.
+* Guest RAM starts PRIVATE (QEMU sets the whole slot private at creation); machines mark it
+  private before launch.
 * vCPUs run their own ops in order; the order between vCPUs is not promised.  A trace is
   deterministic when every page a vCPU reads or writes is converted by that vCPU only.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..errors import InvalidArgument
-from ..units import PAGE_SIZE, is_page_aligned
+from .errors import InvalidArgument
+from .memmap import GuestMemoryMap
+from .units import PAGE_SIZE, is_page_aligned
 
 KINDS = ("convert", "write", "verify", "dma_in", "dma_out", "touch")
 VIEWS = ("private", "shared")
-MAX_VCPUS = 4096          # KVM_MAX_VCPUS on x86 since 6.x
+MAX_VCPUS = 4096          # KVM_MAX_VCPUS on x86 since 6.x: what a trace may name
 ADDRESS_LIMIT = 1 << 64
 
 # Per kind: the optional fields it requires; every other optional field must be None.
@@ -56,6 +66,11 @@ REQUIRED = {
     "touch": ("view",),
 }
 OPTIONAL_FIELDS = ("to", "view", "pattern")
+# Per kind: which of (to, view, pattern) are set.
+_SHAPES = {kind: tuple(name in fields for name in OPTIONAL_FIELDS) for kind, fields in REQUIRED.items()}
+_PAGE_MASK = PAGE_SIZE - 1
+MAX_NAME_CHARS = 200
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _is_int(value: object) -> bool:
@@ -76,8 +91,22 @@ class Op:
     to: str | None = None
     view: str | None = None
     pattern: int | None = None
+    t: float | None = None
 
     def __post_init__(self) -> None:
+        # Valid ops take one combined test (a trace reader builds hundreds of thousands a
+        # second); the checks that name the offending field run only when it fails.
+        gpa, size, vcpu, pattern, t = self.gpa, self.size, self.vcpu, self.pattern, self.t
+        if (type(gpa) is int and type(size) is int and type(vcpu) is int and gpa >= 0 and size > 0
+                and not (gpa | size) & _PAGE_MASK and gpa + size <= ADDRESS_LIMIT and 0 <= vcpu < MAX_VCPUS
+                and _SHAPES.get(self.kind) == (self.to is not None, self.view is not None, pattern is not None)
+                and (self.to is None or self.to in VIEWS) and (self.view is None or self.view in VIEWS)
+                and (pattern is None or (type(pattern) is int and 0 <= pattern <= 255))
+                and (t is None or (type(t) is float and 0.0 <= t < math.inf))):
+            return
+        self._diagnose()
+
+    def _diagnose(self) -> None:
         if self.kind not in KINDS:
             raise InvalidArgument("op", self.kind, f"unknown op (one of {', '.join(KINDS)})")
         for name in ("gpa", "size", "vcpu"):
@@ -112,6 +141,9 @@ class Op:
                 raise InvalidArgument("pattern", self.pattern, "must be an integer", hex_value=False)
             if not 0 <= self.pattern <= 255:
                 raise InvalidArgument("pattern", self.pattern, "must be in 0..255", hex_value=False)
+        if self.t is not None:
+            if isinstance(self.t, bool) or not isinstance(self.t, (int, float)) or not 0 <= self.t < math.inf:
+                raise InvalidArgument("t", self.t, "must be a finite number of seconds >= 0", hex_value=False)
 
     @property
     def end(self) -> int:
@@ -136,12 +168,14 @@ class Op:
         return self.view
 
     def to_dict(self) -> dict:
-        """The trace-file form: op, gpa, size, vcpu, then the kind's own fields."""
+        """The trace-file form: op, gpa, size, vcpu, then the kind's own fields, then ``t``."""
         out = {"op": self.kind, "gpa": self.gpa, "size": self.size, "vcpu": self.vcpu}
         for name in OPTIONAL_FIELDS:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
+        if self.t is not None:
+            out["t"] = self.t
         return out
 
 
@@ -191,18 +225,29 @@ def check_vcpus(vcpus: object, field: str = "vcpus") -> int:
     return vcpus
 
 
-def check_op_fits(op: Op, memory: int, vcpus: int) -> None:
-    """The checks that need the trace header: the range inside guest memory, vcpu < vcpus."""
-    if op.end > memory:
-        raise InvalidArgument("size" if op.gpa < memory else "gpa", op.size if op.gpa < memory else op.gpa,
-                              f"range [{op.gpa:#x}, {op.end:#x}) is past guest memory ({memory:#x})")
+def check_name(name: object, field: str = "name") -> str:
+    """A trace name: a string of printable characters, at most MAX_NAME_CHARS (it is printed
+    in tables and terminals, where a control character could act as an escape sequence)."""
+    if not isinstance(name, str):
+        raise InvalidArgument(field, name, "must be a string", hex_value=False)
+    if len(name) > MAX_NAME_CHARS or _CONTROL_RE.search(name):
+        raise InvalidArgument(field, name, f"must be at most {MAX_NAME_CHARS} printable characters",
+                              hex_value=False)
+    return name
+
+
+def check_op_fits(op: Op, memory_map: GuestMemoryMap, vcpus: int) -> None:
+    """The checks that need the trace header: the range inside guest RAM, vcpu < vcpus."""
+    if not memory_map.contains(op.gpa, op.size):
+        raise memory_map.outside(op.gpa, op.size)
     if op.vcpu >= vcpus:
         raise InvalidArgument("vcpu", op.vcpu, f"must be < vcpus ({vcpus})", hex_value=False)
 
 
 @dataclass(frozen=True)
 class Trace:
-    """A named op list for a guest of ``memory`` bytes with ``vcpus`` vCPUs.
+    """A named op list for a guest with ``vcpus`` vCPUs and ``memory`` bytes of RAM, laid out
+    by ``memory_map`` (default: one region at GPA 0).
 
     The header fields are checked on construction; the ops by :meth:`validate`.
     """
@@ -211,44 +256,48 @@ class Trace:
     memory: int
     vcpus: int
     ops: tuple[Op, ...] = field(default=())
+    memory_map: GuestMemoryMap | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str):
-            raise InvalidArgument("name", self.name, "must be a string", hex_value=False)
+        check_name(self.name)
         check_memory(self.memory)
         check_vcpus(self.vcpus)
+        if self.memory_map is None:
+            object.__setattr__(self, "memory_map", GuestMemoryMap.flat(self.memory))
+        elif not isinstance(self.memory_map, GuestMemoryMap):
+            raise InvalidArgument("memory_map", self.memory_map, "must be a GuestMemoryMap", hex_value=False)
+        elif self.memory_map.ram_bytes != self.memory:
+            raise InvalidArgument("memory", self.memory, f"differs from the RAM of the regions "
+                                  f"({self.memory_map.describe()})")
         if not isinstance(self.ops, tuple):
             object.__setattr__(self, "ops", tuple(self.ops))
+
+    @classmethod
+    def on_map(cls, name: str, memory_map: GuestMemoryMap, vcpus: int, ops: Iterable[Op] = ()) -> "Trace":
+        return cls(name, memory_map.ram_bytes, vcpus, tuple(ops), memory_map)
 
     def __len__(self) -> int:
         return len(self.ops)
 
     def __repr__(self) -> str:
-        return (f"Trace(name={self.name!r}, memory={self.memory:#x}, vcpus={self.vcpus}, "
+        return (f"Trace(name={self.name!r}, {self.memory_map.describe()}, vcpus={self.vcpus}, "
                 f"ops=<{len(self.ops)} ops>)")
 
     def __iter__(self):
         return iter(self.ops)
 
     def validate(self) -> "Trace":
-        """Check every op against memory and vcpus; raises InvalidArgument naming ``ops[i].field``.
-        Returns self so calls chain."""
+        """Check every op against the memory map and vcpus; raises InvalidArgument naming
+        ``ops[i].field``.  Returns self so calls chain."""
         for index, op in enumerate(self.ops):
             if not isinstance(op, Op):
                 raise InvalidArgument(f"ops[{index}]", op, "not an Op", hex_value=False)
             try:
-                check_op_fits(op, self.memory, self.vcpus)
+                check_op_fits(op, self.memory_map, self.vcpus)
             except InvalidArgument as err:
                 raise InvalidArgument(f"ops[{index}].{err.field}", err.value, err.why,
                                       hex_value=err.field != "vcpu") from None
         return self
-
-    def check_reserved(self, reserved: int) -> None:
-        """Raise InvalidArgument if an op touches the low ``reserved`` bytes (the machine's own)."""
-        for index, op in enumerate(self.ops):
-            if op.gpa < reserved:
-                raise InvalidArgument(f"ops[{index}].gpa", op.gpa,
-                                      f"inside the reserved low {reserved:#x} bytes")
 
     def per_vcpu(self) -> list[list[Op]]:
         """The ops of each vCPU, in trace order."""
@@ -258,8 +307,11 @@ class Trace:
         return out
 
     def replace(self, **changes) -> "Trace":
-        values = {"name": self.name, "memory": self.memory, "vcpus": self.vcpus, "ops": self.ops}
+        values = {"name": self.name, "memory": self.memory, "vcpus": self.vcpus, "ops": self.ops,
+                  "memory_map": self.memory_map}
         values.update(changes)
+        if "memory" in changes and "memory_map" not in changes:
+            values["memory_map"] = None
         return Trace(**values)
 
 
