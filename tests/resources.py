@@ -18,3 +18,18 @@ def resources() -> dict:
     with open("/proc/self/maps") as maps:
         shared = sum(1 for line in maps if line.split()[1].endswith("s"))
     return {"fds": len(os.listdir("/proc/self/fd")), "shared_maps": shared, "threads": threading.active_count()}
+
+
+def program_of(machine, items):
+    """A Program for ``machine`` from Ops and ``("exits", vcpu, count)`` tuples, each vCPU's
+    in the order given (tests use it to mix bare exits into a guest's ops)."""
+    from privmem.vmm import Program
+
+    program = Program(machine.memory_map, machine.vcpus)
+    for item in items:
+        if isinstance(item, tuple):
+            _, vcpu, count = item
+            program.add_exits(vcpu, count)
+        else:
+            program.extend([item])
+    return program

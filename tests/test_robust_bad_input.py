@@ -30,7 +30,8 @@ from privmem.convert import ConversionEngine, ConversionTracker, make_policy
 from privmem.errors import KvmError
 from privmem.kvm import uapi
 from privmem.units import MiB
-from privmem.vmm import GuestOp, Machine, layout, psc
+from privmem.ops import Op as GuestOp
+from privmem.vmm import Machine, firmware, psc
 from privmem.vmm.host import HostMachine
 
 from .resources import resources
@@ -71,9 +72,9 @@ def full_data_checks() -> dict:
 
 def journaled_engine(policy: str, memory: int, **kwargs) -> Callable:
     """A Machine(engine=...) factory: a ConversionEngine that keeps its journal."""
-    def factory(shared, private):
+    def factory(shared, private, memory_map=None):
         return ConversionEngine(ConversionTracker(MemoryAttributes()), make_policy(policy, memory, **kwargs),
-                                shared, private, journal=True)
+                                shared, private, journal=True, memory_map=memory_map)
     return factory
 
 
@@ -96,8 +97,7 @@ def host():
     with HostMachine(HOST_MEMORY, 2, engine=None, initial="private") as machine:
         machine.engine = journaled_engine("lazy", HOST_MEMORY, budget=4 * MiB, max_age=3600)(
             machine.shared, machine.private)
-        machine.engine.set_initial(0, machine.reserved_bytes, True)
-        machine.engine.set_initial(machine.reserved_bytes, HOST_MEMORY - machine.reserved_bytes, True)
+        machine.engine.set_initial(0, HOST_MEMORY, True)
         _build_state(machine)
         yield machine
 
@@ -240,10 +240,13 @@ API_CASES = {
                                         r"memfd-standin backing is sealed \(launched\)"),
     "closed backing discard": Case("host", _closed_backing, InvalidState, r"memfd backing is closed"),
     # HostMachine
-    "HostMachine memory too small": Case("host", _host_machine(memory="1M"), InvalidArgument,
-                                         r"memory=0x100000: must be page aligned and at least 0x400000"),
+    "HostMachine memory not whole pages": Case("host", _host_machine(memory=6000), InvalidArgument,
+                                               r"memory=0x1770: must be a positive multiple of 4 KiB"),
+    "HostMachine memory above the limit": Case("host", _host_machine(memory="8T"), InvalidArgument,
+                                               r"memory=0x80000000000: 8.0 TiB is more than the 4.0 TiB of RAM the "
+                                               r"host machine takes"),
     "HostMachine vcpus 0": Case("host", _host_machine(memory="8M", vcpus=0), InvalidArgument,
-                                r"vcpus=0: must be in 1\.\.32"),
+                                r"vcpus=0: must be in 1\.\.64"),
     "HostMachine unknown policy": Case("host", _host_machine(memory="8M", policy="sometimes"), InvalidArgument,
                                        r"policy='sometimes': unknown"),
     "HostMachine initial": Case("host", _host_machine(memory="8M", initial="maybe"), InvalidArgument,
@@ -258,25 +261,26 @@ API_CASES = {
     "HostMachine run_ops vcpu past vcpus": Case("host", lambda m: m.run_ops([GuestOp("touch", BASE, PAGE, 2,
                                                                                      view="private")]),
                                                 InvalidArgument, r"ops\[0\]\.vcpu=2: must be < vcpus \(2\)"),
-    "HostMachine run_ops in reserved memory": Case("host", lambda m: m.run_ops([GuestOp("touch", PAGE, PAGE, 0,
-                                                                                        view="private")]),
-                                                   InvalidArgument, r"ops\[0\]\.gpa=0x1000: outside workload memory"),
+    "HostMachine run_ops past memory": Case("host", lambda m: m.run_ops([GuestOp("touch", HOST_MEMORY, PAGE, 0,
+                                                                                 view="private")]),
+                                            InvalidArgument, r"ops\[0\]\.gpa=0x800000: \[0x800000, 0x801000\) is not "
+                                            r"all guest RAM"),
     # Machine (real KVM): constructor arguments, device access, ops
     "Machine memory 1Q": Case("kvm", _machine(memory="1Q"), InvalidArgument, r"memory='1Q': not a size"),
-    "Machine memory too small": Case("kvm", _machine(memory="2M"), InvalidArgument,
-                                     r"memory=0x200000: must be a multiple of 2 MiB, at least 0x400000"),
-    "Machine memory not 2 MiB": Case("kvm", _machine(memory="5M"), InvalidArgument,
-                                     r"memory=0x500000: must be a multiple of 2 MiB"),
-    "Machine memory above 2 GiB": Case("kvm", _machine(memory="3G"), InvalidArgument,
-                                       r"memory=0xc0000000: above 0x80000000"),
-    "Machine vcpus 0": Case("kvm", _machine(memory="8M", vcpus=0), InvalidArgument, r"vcpus=0: must be in 1\.\.32"),
-    "Machine vcpus 33": Case("kvm", _machine(memory="8M", vcpus=33), InvalidArgument,
-                             r"vcpus=33: must be in 1\.\.32"),
+    "Machine memory 0": Case("kvm", _machine(memory=0), InvalidArgument, r"memory=0x0: must be > 0"),
+    "Machine memory not whole pages": Case("kvm", _machine(memory="5000"), InvalidArgument,
+                                           r"memory=0x1388: must be a positive multiple of 4 KiB"),
+    "Machine memory above the limit": Case("kvm", _machine(memory="5T"), InvalidArgument,
+                                           r"memory=0x50000000000: 5.0 TiB is more than the 4.0 TiB of RAM"),
+    "Machine unknown layout": Case("kvm", _machine(memory="8M", layout="pc"), InvalidArgument, r"layout='pc': unknown"),
+    "Machine vcpus 0": Case("kvm", _machine(memory="8M", vcpus=0), InvalidArgument, r"vcpus=0: must be in 1\.\.64"),
+    "Machine vcpus 65": Case("kvm", _machine(memory="8M", vcpus=65), InvalidArgument,
+                             r"vcpus=65: must be in 1\.\.64 \(the machine's limit\)"),
     "Machine initial": Case("kvm", _machine(memory="8M", initial="maybe"), InvalidArgument,
                             r"initial='maybe': must be 'private' or 'shared'"),
     "Machine unknown policy (after the VM exists)": Case("kvm", _machine(memory="8M", policy="sometimes"),
                                                          InvalidArgument, r"policy='sometimes': unknown"),
-    "Machine engine factory raising": Case("kvm", _machine(memory="8M", engine=lambda s, p: make_policy("x", 1)),
+    "Machine engine factory raising": Case("kvm", _machine(memory="8M", engine=lambda s, p, mm: make_policy("x", 1)),
                                            InvalidArgument, r"policy='x': unknown"),
     "Machine missing kvm device": Case("kvm", _machine(memory="8M", kvm_path="/nonexistent/kvm"), KvmError,
                                        r"ENOENT"),
@@ -290,17 +294,13 @@ API_CASES = {
                                               AccessDenied, r"host access to \[0x402000, 0x40[23]00[01]\) refused: .*0x402000.* private"),
     "Machine run_ops vcpu past vcpus": Case("kvm", lambda m: m.run_ops([GuestOp("touch", BASE, PAGE, 2,
                                                                                 view="private")]),
-                                            InvalidArgument, r"op\.vcpu=2: must be < vcpus \(2\)"),
-    "Machine run_ops in reserved memory": Case("kvm", lambda m: m.run_ops([GuestOp("write", layout.CODE_GPA, PAGE,
-                                                                                   0, view="private", pattern=1)]),
-                                               InvalidArgument, r"op\.gpa=0x1000: range \[0x1000, 0x2000\) is "
-                                               r"outside workload memory"),
+                                            InvalidArgument, r"ops\[0\]\.vcpu=2: must be < vcpus \(2\)"),
+    "Machine run_ops in the firmware region": Case("kvm", lambda m: m.run_ops([GuestOp(
+        "write", m.layout.gpa, PAGE, 0, view="private", pattern=1)]), InvalidArgument,
+        r"ops\[0\]\.gpa=0x7fffffe00000: .* is past the last RAM region"),
     "Machine run_ops past memory": Case("kvm", lambda m: m.run_ops([GuestOp("convert", KVM_MEMORY - PAGE, 2 * PAGE,
                                                                             0, to="shared")]),
-                                        InvalidArgument, r"op\.gpa=0xfff000: range \[0xfff000, 0x1001000\)"),
-    "Machine run_ops pattern 256": Case("kvm", lambda m: m.run_ops([GuestOp("write", BASE, PAGE, 0, view="private",
-                                                                            pattern=256)]),
-                                        InvalidArgument, r"op\.pattern=256: must be in 0\.\.255"),
+                                        InvalidArgument, r"ops\[0\]\.gpa=0xfff000: \[0xfff000, 0x1001000\)"),
 }
 
 
@@ -342,14 +342,14 @@ def test_engine_convert_past_guest_memory_is_refused_before_commit():
 def ring_psc(machine, vcpu: int, page: bytes) -> tuple[bytes, int]:
     """Write a request into vCPU's comm page (shared memory, as the guest would) and deliver
     the doorbell exit (OUT to PORT_PSC) through kvm_run and the machine's own dispatch."""
-    base = layout.comm_gpa(vcpu)
-    machine.shared.write(base, page)
+    comm = machine.comm[vcpu]
+    comm[:len(page)] = page
     run = machine.vcpu(vcpu).kvm_run
     run.exit_reason = uapi.KVM_EXIT_IO
-    run.io.direction, run.io.size, run.io.port, run.io.count = uapi.KVM_EXIT_IO_OUT, 4, layout.PORT_PSC, 1
+    run.io.direction, run.io.size, run.io.port, run.io.count = uapi.KVM_EXIT_IO_OUT, 4, firmware.PORT_PSC, 1
     run.io.data_offset = 4096
     assert machine.dispatch(vcpu) is False          # the vCPU goes on
-    head = machine.shared.read(base, psc.REQUEST_BYTES)
+    head = bytes(comm[:psc.REQUEST_BYTES])
     return head[:psc.STATUS_OFFSET], struct.unpack_from("<I", head, psc.STATUS_OFFSET)[0]
 
 
@@ -357,12 +357,13 @@ GFN = BASE >> 12
 LIMIT_GFN = KVM_MEMORY >> 12
 PSC_CASES = {
     "entry outside guest memory": (encode_request([encode_entry(LIMIT_GFN, OP_PRIVATE)]),
-                                   r"psc\.entry\[0\]=0x10000001000000: runs past guest memory \(0x1000000 bytes\)"),
+                                   r"psc\.entry\[0\]=0x10000001000000: not guest RAM \(\[0x1000000, 0x1001000\) is "
+                                   r"not all guest RAM: 0x1000000 is past the last RAM region"),
     "entry far outside (gfn 2**40-1)": (encode_request([encode_entry((1 << 40) - 1, OP_SHARED)]),
-                                        r"psc\.entry\[0\]=0x2ffffffffff000: runs past guest memory"),
+                                        r"psc\.entry\[0\]=0x2ffffffffff000: not guest RAM"),
     "2 MiB entry running past memory": (encode_request([encode_entry(LIMIT_GFN - 512, OP_SHARED, huge=True),
                                                          encode_entry(LIMIT_GFN, OP_SHARED, huge=True)]),
-                                        r"psc\.entry\[1\]=0x120000001000000: runs past guest memory"),
+                                        r"psc\.entry\[1\]=0x120000001000000: not guest RAM"),
     "unknown operation 0": (encode_request([encode_entry(GFN, 0)]), r"psc\.entry\[0\]=0x400000: unknown operation 0"),
     "unknown operation 3": (encode_request([encode_entry(GFN, 3)]),
                             r"psc\.entry\[0\]=0x30000000400000: unknown operation 3"),
@@ -491,8 +492,8 @@ CLI_CASES = {
     "vcpus not a number": (["bench", "--vcpus", "two"], 2, r"vcpus='two': not an integer"),
     "missing trace file": (["run", "--backend", "host", "--trace", "/nonexistent/t.jsonl"], 2,
                            r"No such file or directory: '/nonexistent/t\.jsonl'"),
-    "memory too small for the workload": (["run", "--backend", "host", "--workload", "random", "--memory", "18M"], 2,
-                                          r"privmem: memory=0x1200000: too small for workload 'random'"),
+    "memory too small for the workload": (["run", "--backend", "host", "--workload", "random", "--memory", "2M"], 2,
+                                          r"privmem: memory=0x200000: too small for workload 'random'"),
 }
 
 

@@ -18,10 +18,11 @@ from privmem import Busy
 from privmem.attrs import ATTR_PRIVATE, MemoryAttributes
 from privmem.convert import ConversionEngine, ConversionTracker, make_policy
 from privmem.units import MiB
-from privmem.vmm import GuestOp, Machine
+from privmem.vmm import Machine
 from privmem.vmm.host import HostMachine
 from privmem.workload import generate
 from privmem.ops import Op
+from privmem.ops import Op as GuestOp
 from privmem.workload.model import check_trace
 
 from .resources import resources

@@ -18,10 +18,11 @@ from privmem.attrs import ATTR_PRIVATE, MemoryAttributes
 from privmem.backing import FaultyBacking
 from privmem.convert import ConversionEngine, ConversionTracker, make_policy
 from privmem.units import MiB
-from privmem.vmm import GuestOp, Machine, layout
+from privmem.ops import Op as GuestOp
+from privmem.vmm import Machine
 from privmem.vmm.host import HostMachine
 
-from .resources import resources
+from .resources import program_of, resources
 from .test_robust_bad_input import snapshot
 
 PAGE = 4096
@@ -53,14 +54,14 @@ class Faults:
         self.policy, self.rules = policy, (shared_rule, private_rule)
         self.shared = self.private = None
 
-    def __call__(self, shared, private):
+    def __call__(self, shared, private, memory_map=None):
         shared_rule, private_rule = self.rules
         self.shared = FaultyBacking(shared, {"discard": shared_rule} if shared_rule else None)
         self.private = FaultyBacking(private, {"discard": private_rule} if private_rule else None)
         kwargs = {"budget": 4 * MiB, "max_age": 3600} if self.policy in ("lazy", "adaptive") else {}
         return ConversionEngine(ConversionTracker(MemoryAttributes()),
                                 make_policy(self.policy, shared.size, **kwargs), self.shared, self.private,
-                                journal=True)
+                                journal=True, memory_map=memory_map)
 
     @property
     def injected(self) -> list:
@@ -71,9 +72,8 @@ def make_machine(backend: str, faults: Faults, vcpus: int = 1):
     if backend == "kvm":
         return Machine(MEMORY, vcpus, engine=faults, initial="shared")
     machine = HostMachine(MEMORY, vcpus, initial="shared")     # HostMachine takes no engine factory:
-    machine.engine = faults(machine.shared, machine.private)   # swap in one over its own backings
-    machine.engine.set_initial(0, machine.reserved_bytes, True)
-    return machine
+    machine.engine = faults(machine.shared, machine.private, machine.memory_map)  # swap in one over its
+    return machine                                                                 # own backings
 
 
 BACKENDS = [pytest.param("kvm", marks=pytest.mark.kvm), "host"]
@@ -206,7 +206,7 @@ def test_signals_during_kvm_run_are_resumed_and_lose_nothing():
                     page = base + i * 8 * PAGE
                     ops += [GuestOp("convert", page, 8 * PAGE, v, to="private"),
                             GuestOp("write", page, 8 * PAGE, v, view="private", pattern=i + 1),
-                            GuestOp("exits", vcpu=v, count=1000),
+                            ("exits", v, 1000),
                             GuestOp("verify", page, 8 * PAGE, v, view="private", pattern=i + 1),
                             GuestOp("convert", page, 4 * PAGE, v, to="shared"),
                             GuestOp("dma_in", page, 4 * PAGE, v, pattern=0x80 + i),
@@ -230,7 +230,7 @@ def test_signals_during_kvm_run_are_resumed_and_lose_nothing():
             pest = threading.Thread(target=pester, name="pester")
             pest.start()
             try:
-                r = m.run_ops(ops, timeout=TIMEOUT)
+                r = m.run_ops(program_of(m, ops), timeout=TIMEOUT)
             finally:
                 stop.set()
                 pest.join()
@@ -270,8 +270,8 @@ def test_triple_fault_is_a_guest_error_with_registers_and_releases_everything():
         with pytest.raises(GuestError, match=r"vCPU 0: guest shut down \(triple fault\)") as info:
             m.run_ops([W("write", A, PAGE, view="private", pattern=1)], timeout=TIMEOUT)
         regs = info.value.registers
-        assert regs["rip"] == layout.CODE_GPA and regs["rsp"] == layout.stack_top(0)
-        assert f"rip={layout.CODE_GPA:#x}" in str(info.value)
+        assert regs["rip"] == m.layout.va and regs["rsp"] == m.layout.va_of(m.layout.stack_top(0))
+        assert f"rip={m.layout.va:#x}" in str(info.value)
         assert m.exit_counts["shutdown"] == 1
         assert threading.active_count() == before["threads"]
         # the process and the machine are fine: restore the state and run again
@@ -288,29 +288,28 @@ def test_one_crashing_vcpu_stops_the_others_and_reports_its_own_registers():
     with Machine(MEMORY, 3) as m:
         _break_paging(m, 2)
         start = time.monotonic()
-        ops = [GuestOp("exits", vcpu=0, count=10 ** 9), GuestOp("exits", vcpu=1, count=10 ** 9),
-               W("write", A, PAGE, vcpu=2, view="private", pattern=1)]
+        ops = [("exits", 0, 10 ** 9), ("exits", 1, 10 ** 9), W("write", A, PAGE, vcpu=2, view="private", pattern=1)]
         with pytest.raises(GuestError, match=r"vCPU 2: guest shut down") as info:
-            m.run_ops(ops, timeout=TIMEOUT)
+            m.run_ops(program_of(m, ops), timeout=TIMEOUT)
         assert time.monotonic() - start < 5                 # the spinning vCPUs were kicked
-        assert info.value.registers["rip"] == layout.CODE_GPA
+        assert info.value.registers["rip"] == m.layout.va
         assert threading.active_count() == before["threads"]
     assert resources() == before
 
 
 @pytest.mark.kvm
 def test_guest_running_outside_memory_is_an_internal_error_with_registers():
-    """Code segment based at 1 GiB, where no memslot is: the instruction fetch cannot be
-    emulated, KVM reports an internal error (emulation failure), the machine a GuestError."""
+    """The player jumps to an address its page tables map to a GPA no memslot holds (past the
+    end of RAM, inside the last 2 MiB page): the instruction fetch cannot be emulated, KVM
+    reports an internal error (emulation failure), the machine a GuestError."""
     before = resources()
-    with Machine(MEMORY, 1) as m:
-        v = m.vcpu(0)
-        sregs = v.get_sregs()
-        sregs.cs.base = 1 << 30
-        v.set_sregs(sregs)
+    with Machine(MEMORY - PAGE, 1) as m:
+        from privmem.kvm import uapi
+        m.launch()
+        m.vcpu(0).set_regs(uapi.kvm_regs(rip=MEMORY - PAGE, rflags=uapi.X86_RFLAGS_RESERVED))
         with pytest.raises(GuestError, match=r"vCPU 0: KVM internal error, suberror 1") as info:
-            m.run_ops([W("touch", A, PAGE, view="private")], timeout=TIMEOUT)
-        assert info.value.registers["rip"] == layout.CODE_GPA
+            m.runner.run(TIMEOUT)
+        assert info.value.registers["rip"] == MEMORY - PAGE
         assert m.exit_counts["internal_error"] == 1
     assert resources() == before
 

@@ -23,8 +23,9 @@ from privmem.backing import SharedBacking
 from privmem.errors import KvmError
 from privmem.kvm import Kvm, uapi
 from privmem.units import MiB
-from privmem.vmm import GuestOp, Machine
-from privmem.vmm.machine import MAX_FAULT_REPEATS
+from privmem.ops import Op as GuestOp
+from privmem.vmm import Machine
+from privmem.vmm.exits import MAX_FAULT_REPEATS
 
 from .resources import resources
 from .test_robust_bad_input import full_data_checks
@@ -167,10 +168,10 @@ def test_exits_memslot_not_private_analog():
 
 
 @pytest.mark.parametrize("flags, gpa, size, why", [
-    (FLAGS_PRIVATE, 0xC0000000, PAGE, "outside guest memory"),      # the selftest's GPA: past 16 MiB
-    (FLAGS_PRIVATE, W0 + 1, PAGE, "outside guest memory"),          # not page aligned
-    (0, W0, 0, "outside guest memory"),                             # empty
-    (0, MEMORY - PAGE, 2 * PAGE, "outside guest memory"),           # runs past the end
+    (FLAGS_PRIVATE, 0xC0000000, PAGE, "outside guest RAM"),      # the selftest's GPA: past 16 MiB
+    (FLAGS_PRIVATE, W0 + 1, PAGE, "outside guest RAM"),          # not page aligned
+    (0, W0, 0, "outside guest RAM"),                             # empty
+    (0, MEMORY - PAGE, 2 * PAGE, "outside guest RAM"),           # runs past the end
 ])
 def test_exits_with_impossible_fields_are_guest_errors(flags, gpa, size, why):
     with Machine(MEMORY, 1) as m:

@@ -16,14 +16,16 @@ write and check distinct byte patterns through the shared view, the private view
    and writes 0x44; guest sees 0x44 and restores 0xcc.
 
 Run with exact data checks (every byte, one vCPU: ~4 s of emulated guest work) and with the
-default sampled checks (layout.SAMPLE_OFFSETS) on 1, 2 and 4 vCPUs.
+default sampled checks (device.SAMPLE_OFFSETS) on 1, 2 and 4 vCPUs.
 """
 
 import pytest
 
 from privmem import AccessDenied
 from privmem.units import MiB
-from privmem.vmm import GuestOp, Machine, layout
+from privmem.ops import Op as GuestOp
+from privmem.vmm import Machine
+from privmem.vmm.device import SAMPLE_OFFSETS
 
 pytestmark = pytest.mark.kvm
 
@@ -83,9 +85,9 @@ def scenario(vcpu):
 
 
 def sample(data):
-    """The bytes of each page a sampled guest write defines (layout.SAMPLE_OFFSETS)."""
+    """The bytes of each page a sampled guest write defines (SAMPLE_OFFSETS)."""
     return b"".join(data[page + start:page + start + size] for page in range(0, len(data), PAGE)
-                    for start, size in layout.SAMPLE_OFFSETS)
+                    for start, size in SAMPLE_OFFSETS)
 
 
 @pytest.mark.parametrize("vcpus,data_check", [(1, "full"), (1, "sampled"), (2, "sampled"), (4, "sampled")])

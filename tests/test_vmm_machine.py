@@ -12,10 +12,13 @@ import pytest
 
 from privmem import AccessDenied, Busy, GuestError, InvalidArgument
 from privmem.attrs import MemoryAttributes
+from privmem.bench.roundtrip import conversion_cost, exit_roundtrip
 from privmem.convert import ConversionEngine, ConversionTracker, make_policy
+from privmem.errors import Interrupted
 from privmem.kvm import uapi
+from privmem.ops import Op
 from privmem.units import MiB
-from privmem.vmm import GuestOp, Machine, layout, psc
+from privmem.vmm import Machine, Program, firmware, psc
 from privmem.vmm.psc import OP_PRIVATE, OP_SHARED, encode_entry, encode_request
 
 from .resources import resources
@@ -28,30 +31,39 @@ TIMEOUT = 30
 
 
 def W(kind, gpa, size, vcpu=0, **kw):
-    return GuestOp(kind, gpa, size, vcpu, **kw)
+    return Op(kind, gpa, size, vcpu, **kw)
+
+
+def spinning(m, counts: dict[int, int]) -> Program:
+    """A program in which vCPU v takes counts[v] bare exits."""
+    program = Program(m.memory_map, m.vcpus)
+    for vcpu, count in counts.items():
+        program.add_exits(vcpu, count)
+    return program
 
 
 class FlakyEngine(ConversionEngine):
     """Fault injection: the first ``busy`` conversions raise Busy; ``boom`` raises in convert."""
 
-    def __init__(self, shared, private, memory, busy=0, boom=None):
-        super().__init__(ConversionTracker(MemoryAttributes()), make_policy("never", memory), shared, private)
+    def __init__(self, shared, private, memory_map, busy=0, boom=None):
+        super().__init__(ConversionTracker(MemoryAttributes()), make_policy("never", memory_map.ram_bytes), shared,
+                         private, memory_map=memory_map)
         self.busy, self.boom = busy, boom
 
-    def convert(self, gpa, size, to_private, vcpu=0):
+    def convert_range(self, where, to_private, vcpu=0):
         if self.boom is not None:
             raise self.boom
         if self.busy > 0:
             self.busy -= 1
             raise Busy("injected")
-        return super().convert(gpa, size, to_private, vcpu)
+        return super().convert_range(where, to_private, vcpu)
 
 
 @pytest.mark.parametrize("data_check", ["sampled", "full"])
 def test_ops_roundtrip_and_data_errors(data_check):
     with Machine("16M", 1, data_check=data_check) as m:
-        assert m.shared_bit == 16 * MiB and m.reserved_bytes == layout.RESERVED_BYTES
-        assert m.store.has(BASE, 4 * MiB, uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)   # initial="private"
+        assert m.shared_bit == 1 << (m.gpa_width - 1) == 1 << 47
+        assert m.store.has(0, 16 * MiB, uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)   # initial="private": all RAM
         r = m.run_ops([
             W("write", BASE, 2 * PAGE, view="private", pattern=0x11),
             W("verify", BASE, 2 * PAGE, view="private", pattern=0x11),
@@ -67,7 +79,7 @@ def test_ops_roundtrip_and_data_errors(data_check):
         assert r.data_errors == 2 and m.data_errors == 2
         verify_fail, dma_fail = r.failures
         assert verify_fail == dict(vcpu=0, kind="verify", gpa=BASE, view="private", expected=0x12,
-                                   actual=0x11, mismatched_words=2 * (PAGE // 4 if data_check == "full" else 4))
+                                   actual=0x11, mismatched_words=2 * (PAGE // 8 if data_check == "full" else 2))
         assert dma_fail["kind"] == "dma_out" and dma_fail["expected"] == 0x99 and dma_fail["actual"] == 0x33
         assert r.conversions == 1 and r.pages_converted == 1024 and r.psc_requests == 1
         assert r.exits == r.exits_by_reason["io"] and m.exits >= r.exits
@@ -92,10 +104,10 @@ def test_shared_access_refused_on_private_pages():
                 m.shared_write(gpa, b"x" * n)
         assert m.shared_read(BASE + PAGE - 1, 1) == b"\0"        # the neighbour stays readable
         assert m.shared_read(BASE + 2 * PAGE, 1) == b"\0"
-        with pytest.raises(InvalidArgument):
+        with pytest.raises(InvalidArgument, match="not all guest RAM"):
             m.shared_read(m.memory - 1, 2)
-        with pytest.raises(AccessDenied):                          # reserved code pages are private
-            m.shared_read(layout.CODE_GPA, 1)
+        with pytest.raises(InvalidArgument, match="not all guest RAM"):     # the firmware is not RAM
+            m.shared_read(m.layout.gpa, 1)
         # a DMA from the guest on a private page is refused, counted, and the guest goes on
         r = m.run_ops([W("dma_in", BASE + PAGE, PAGE, pattern=1), W("dma_out", BASE + PAGE, PAGE, pattern=1),
                        W("dma_in", BASE, PAGE, pattern=7)], timeout=TIMEOUT)
@@ -105,8 +117,8 @@ def test_shared_access_refused_on_private_pages():
 def test_psc_2m_entries_and_busy_retry():
     holder = {}
 
-    def factory(shared, private):
-        holder["engine"] = FlakyEngine(shared, private, 32 * MiB, busy=3)
+    def factory(shared, private, memory_map):
+        holder["engine"] = FlakyEngine(shared, private, memory_map, busy=3)
         return holder["engine"]
 
     with Machine("32M", 1, engine=factory, initial="shared") as m:
@@ -122,14 +134,14 @@ def test_psc_2m_entries_and_busy_retry():
 
 def _ring_psc(m, vcpu, page_bytes):
     """Put a request in vCPU's comm page and deliver a PSC doorbell exit through kvm_run."""
-    base = layout.comm_gpa(vcpu)
-    m.shared.write(base, page_bytes)
+    comm = m.comm[vcpu]
+    comm[:len(page_bytes)] = page_bytes
     run = m.vcpu(vcpu).kvm_run
     run.exit_reason = uapi.KVM_EXIT_IO
-    run.io.direction, run.io.size, run.io.port, run.io.count = uapi.KVM_EXIT_IO_OUT, 4, layout.PORT_PSC, 1
+    run.io.direction, run.io.size, run.io.port, run.io.count = uapi.KVM_EXIT_IO_OUT, 4, firmware.PORT_PSC, 1
     run.io.data_offset = 4096
     assert m.dispatch(vcpu) is False
-    head = m.shared.read(base, psc.REQUEST_BYTES)
+    head = bytes(comm[:psc.REQUEST_BYTES])
     return head[:psc.STATUS_OFFSET], struct.unpack_from("<I", head, psc.STATUS_OFFSET)[0]
 
 
@@ -190,7 +202,7 @@ def test_hypercall_map_gpa_range_handler():
 
 
 def test_hypercall_busy_answers_eagain():
-    with Machine(MEM, 1, engine=lambda s, p: FlakyEngine(s, p, MEM, busy=1), initial="shared") as m:
+    with Machine(MEM, 1, engine=lambda s, p, mm: FlakyEngine(s, p, mm, busy=1), initial="shared") as m:
         run = m.vcpu(0).kvm_run
         run.exit_reason = uapi.KVM_EXIT_HYPERCALL
         run.hypercall.nr, run.hypercall.args[0], run.hypercall.args[1], run.hypercall.args[2] = 12, BASE, 1, 0x10
@@ -215,8 +227,8 @@ def test_memory_fault_handler():
         assert m.store.has(BASE, PAGE, 0)
         assert fault(uapi.KVM_MEMORY_EXIT_FLAG_PRIVATE, (BASE + PAGE) | m.shared_bit) is False   # alias address
         assert m.store.has(BASE + PAGE, PAGE, 8)
-        with pytest.raises(GuestError, match="outside guest memory"):
-            fault(0, MEM + 2 * m.shared_bit)
+        with pytest.raises(GuestError, match="outside guest RAM"):
+            fault(0, MEM)
         with pytest.raises(GuestError, match="repeated"):
             for _ in range(2000):
                 fault(uapi.KVM_MEMORY_EXIT_FLAG_PRIVATE, BASE + 2 * PAGE)
@@ -237,12 +249,12 @@ def test_fatal_exits_raise_guest_error_with_registers():
 def test_handler_exception_stops_every_vcpu_and_is_reraised():
     boom = RuntimeError("engine exploded")
     baseline = threading.active_count()
-    with Machine(MEM, 3, engine=lambda s, p: FlakyEngine(s, p, MEM, boom=boom)) as m:
-        ops = [W("convert", BASE, PAGE, vcpu=0, to="shared"),
-               GuestOp("exits", vcpu=1, count=10 ** 9), GuestOp("exits", vcpu=2, count=10 ** 9)]
+    with Machine(MEM, 3, engine=lambda s, p, mm: FlakyEngine(s, p, mm, boom=boom)) as m:
+        program = spinning(m, {1: 10 ** 9, 2: 10 ** 9})
+        program.extend([W("convert", BASE, PAGE, vcpu=0, to="shared")])
         start = time.monotonic()
         with pytest.raises(RuntimeError, match="exploded"):
-            m.run_ops(ops, timeout=TIMEOUT)
+            m.run_ops(program, timeout=TIMEOUT)
         assert time.monotonic() - start < 5
         assert threading.active_count() == baseline
         # the machine is still usable afterwards
@@ -257,8 +269,9 @@ def test_timeout_kicks_a_guest_spinning_in_the_kernel():
     with Machine(MEM, 2) as m:
         spin = [W("verify", BASE, 8 * MiB, vcpu=v, view="private", pattern=0) for v in (0, 1) for _ in range(2000)]
         start = time.monotonic()
-        with pytest.raises(GuestError, match="timed out"):
+        with pytest.raises(Interrupted, match="timed out") as info:
             m.run_ops(spin, timeout=0.3)
+        assert info.value.reason == "timeout"
         assert time.monotonic() - start < 3
         assert threading.active_count() == baseline
         assert m.exits < 10                      # it really was spinning in the guest
@@ -268,7 +281,7 @@ def test_timeout_kicks_a_guest_spinning_in_the_kernel():
 
 def test_exit_roundtrip_measurement():
     with Machine(MEM, 1) as m:
-        per_exit = m.measure_exit_roundtrip(2000)
+        per_exit = exit_roundtrip(m, 2000)
         assert 0 < per_exit < 1e-3
         assert m.exit_counts["io"] >= 2000
 
@@ -292,38 +305,14 @@ def test_twenty_machines_leak_nothing():
     assert resources() == before
 
 
-def test_one_gib_machine_boots_and_runs_ops():
-    with Machine("1G", 2) as m:
-        assert m.shared_bit == 1 << 30
-        top = m.memory - 2 * MiB
-        r = m.run_ops([
-            W("write", top, 2 * MiB, vcpu=0, view="private", pattern=0x5A),
-            W("verify", top, 2 * MiB, vcpu=0, view="private", pattern=0x5A),
-            W("convert", BASE, 2 * MiB, vcpu=1, to="shared"),
-            W("dma_in", BASE, 2 * MiB, vcpu=1, pattern=0x77),
-            W("verify", BASE, 2 * MiB, vcpu=1, view="shared", pattern=0x77),
-        ], timeout=TIMEOUT)
-        assert r.data_errors == 0 and r.dma_errors == 0 and r.conversions == 1
-
-
-def test_two_gib_machine_is_the_limit():
-    with Machine("2G", 1) as m:
-        assert m.shared_bit == 2 << 30
-        top = m.memory - 2 * MiB
-        r = m.run_ops([W("convert", top, 2 * MiB, to="shared"),
-                       W("write", top, 2 * MiB, view="shared", pattern=9),
-                       W("dma_out", top, 2 * MiB, pattern=9)], timeout=TIMEOUT)
-        assert r.data_errors == 0 and r.dma_errors == 0
-
-
-def test_more_ops_than_one_op_list_holds_run_in_rounds():
-    from privmem.vmm import program
-    with Machine(MEM, 32) as m:
-        n = program.capacity(32) + 10
-        r = m.run_ops([W("touch", BASE, PAGE, vcpu=5, view="private")] * n +
-                      [W("verify", BASE, PAGE, vcpu=31, view="private", pattern=0)], timeout=TIMEOUT)
+def test_more_ops_than_a_ring_holds_stream_through_refills():
+    with Machine(MEM, 4) as m:
+        n = 5 * firmware.RING_HALF_RECORDS
+        r = m.run_ops([W("touch", BASE, PAGE, vcpu=1, view="private")] * n +
+                      [W("verify", BASE, PAGE, vcpu=3, view="private", pattern=0)], timeout=TIMEOUT)
         assert r.ops == n + 1 and r.data_errors == 0
-        assert r.exits_by_reason["io"] == 2 * 32      # one DONE per vCPU per round
+        assert m.stats[1].refills == n // (firmware.RING_HALF_RECORDS - 1)
+        assert r.exits_by_reason["io"] == 4 + m.stats[1].refills      # one DONE per vCPU, plus the refills
 
 
 def test_private_view_lands_in_guest_memfd_and_eager_discard_zeroes_it():
@@ -358,14 +347,14 @@ def test_sampled_checks_see_the_first_and_last_qword_of_every_page():
                        W("dma_out", BASE, 4 * PAGE, pattern=0x5C)], timeout=TIMEOUT)
         verify, dma = r.failures
         assert verify == dict(vcpu=0, kind="verify", gpa=BASE + 3 * PAGE - 1, view="shared", expected=0x5C,
-                              actual=0, mismatched_words=2)
+                              actual=0, mismatched_words=2)                    # two differing qwords
         assert dma == dict(vcpu=0, kind="dma_out", gpa=BASE + 3 * PAGE - 1, expected=0x5C, actual=0,
                            mismatched_bytes=2)
         m.data_check = "full"
         r = m.run_ops([W("dma_in", BASE, PAGE, pattern=3), W("verify", BASE, 2 * PAGE, view="shared", pattern=3),
                        W("dma_out", BASE, 2 * PAGE, pattern=3)], timeout=TIMEOUT)
         verify, dma = r.failures
-        assert verify["gpa"] == BASE + PAGE and verify["mismatched_words"] == PAGE // 4
+        assert verify["gpa"] == BASE + PAGE and verify["mismatched_words"] == PAGE // 8
         assert dma["gpa"] == BASE + PAGE and dma["mismatched_bytes"] == PAGE
         with pytest.raises(InvalidArgument, match="data_check"):
             m.data_check = "most"
@@ -381,22 +370,22 @@ def test_sampled_verify_sees_a_discarded_page():
                        W("verify", BASE, 2 * PAGE, view="private", pattern=0x42)], timeout=TIMEOUT)
         assert r.data_errors == 1 and r.conversions == 2
         assert r.failures[0]["gpa"] == BASE + PAGE and r.failures[0]["actual"] == 0
-        assert r.failures[0]["mismatched_words"] == 4
+        assert r.failures[0]["mismatched_words"] == 2
 
 
 @pytest.mark.parametrize("policy", ["never", "eager"])
 def test_measure_conversion_cost(policy):
     with Machine(MEM, 1, policy=policy) as m:
         assert m.psc_handler_ns == 0
-        cost = m.measure_conversion_cost(400)
+        cost = conversion_cost(m, 400)
         assert cost["conversions"] == 400 and cost["policy"] == policy
         assert 0 < cost["exit_roundtrip_us"] < 1000 and 0 < cost["vmm_us_per_conversion"] < 1000
         assert cost["conversion_roundtrip_us"] > cost["vmm_us_per_conversion"]
         assert cost["ratio"] == pytest.approx(cost["vmm_us_per_conversion"] / cost["exit_roundtrip_us"])
         assert m.psc_handler_ns >= 400 * cost["vmm_us_per_conversion"] * 1e3
-        assert m.store.has(m.reserved_bytes, PAGE, uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)   # flipped back
+        assert m.store.has(0, PAGE, uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)   # flipped back
         with pytest.raises(InvalidArgument):
-            m.measure_conversion_cost(1)
+            conversion_cost(m, 1)
 
 
 def test_shared_matches_follows_data_check():
@@ -409,4 +398,5 @@ def test_shared_matches_follows_data_check():
         with pytest.raises(InvalidArgument, match="pattern"):
             m.shared_matches(BASE, PAGE, 256)
         with pytest.raises(AccessDenied):
-            m.shared_matches(layout.CODE_GPA, PAGE, 0)
+            m.run_ops([W("convert", BASE, PAGE, to="private")], timeout=TIMEOUT)
+            m.shared_matches(BASE, PAGE, 0)

@@ -12,7 +12,6 @@ from privmem.backing import PrivateBacking, SharedBacking
 from privmem.kvm import Kvm, uapi
 from privmem.kvm.slotmap import SlotMapping
 from privmem.vmm import Machine
-from privmem.vmm.machine import SLOT_PRIVATE, SLOT_SHARED
 from privmem import ops
 
 pytestmark = pytest.mark.kvm
@@ -25,20 +24,21 @@ def tracking(machine):
 
 def test_memslot_updates_leave_tracking_and_data_untouched():
     with Machine(MEMORY, policy="never", data_check="full") as machine:
-        base = machine.reserved_bytes
+        base = 0
         shared_page, private_page = base, base + 8 * PAGE_SIZE
         machine.run_ops([ops.convert(shared_page, PAGE_SIZE, "shared"),
                          ops.write(shared_page, PAGE_SIZE, "shared", 0x5A),
                          ops.write(private_page, PAGE_SIZE, "private", 0xA5)])
         before = tracking(machine)
         vm = machine._vm  # the VM fd's wrapper: memslot surgery a VMM does for migration or hotplug
-        vm.set_user_memory_region2(SLOT_SHARED, uapi.KVM_MEM_LOG_DIRTY_PAGES, machine.shared_bit, machine.memory,
+        shared_slot, private_slot = machine.shared_slot(0), machine.private_slot(0)
+        vm.set_user_memory_region2(shared_slot, uapi.KVM_MEM_LOG_DIRTY_PAGES, machine.shared_bit, machine.memory,
                                    machine.shared.hva)
-        vm.set_user_memory_region2(SLOT_SHARED, 0, machine.shared_bit, machine.memory, machine.shared.hva)
-        vm.set_user_memory_region2(SLOT_SHARED, 0, machine.shared_bit, 0, 0)              # delete
-        vm.set_user_memory_region2(SLOT_SHARED, 0, machine.shared_bit, machine.memory, machine.shared.hva)
-        vm.set_user_memory_region2(SLOT_PRIVATE, uapi.KVM_MEM_GUEST_MEMFD, 0, 0, 0, machine.private.fd, 0)
-        vm.set_user_memory_region2(SLOT_PRIVATE, uapi.KVM_MEM_GUEST_MEMFD, 0, machine.memory,
+        vm.set_user_memory_region2(shared_slot, 0, machine.shared_bit, machine.memory, machine.shared.hva)
+        vm.set_user_memory_region2(shared_slot, 0, machine.shared_bit, 0, 0)              # delete
+        vm.set_user_memory_region2(shared_slot, 0, machine.shared_bit, machine.memory, machine.shared.hva)
+        vm.set_user_memory_region2(private_slot, uapi.KVM_MEM_GUEST_MEMFD, 0, 0, 0, machine.private.fd, 0)
+        vm.set_user_memory_region2(private_slot, uapi.KVM_MEM_GUEST_MEMFD, 0, machine.memory,
                                    machine._slot_map.addr, machine.private.fd, 0)
         assert tracking(machine) == before
         result = machine.run_ops([ops.verify(shared_page, PAGE_SIZE, "shared", 0x5A),

@@ -36,28 +36,28 @@ def _ok(result):
 
 def test_reshape_encodes_initial_state_and_counts():
     with MemslotMachine("16M") as m:
-        r = m.reserved_bytes
-        # slots 0 and 1 shrunk to the reserved bytes (delete + create each), one private run
-        assert m.slot_layout() == {"private": [(r, 16 * MiB)], "shared": []}
-        assert m.memslot_ioctls == m.reshape_ioctls == 5
-        assert m.live_slots == m.peak_slots == 3
+        # the Machine's private and shared slots deleted, one private run created; the
+        # firmware keeps its slot
+        assert m.slot_layout() == {"private": [(0, 16 * MiB)], "shared": []}
+        assert m.memslot_ioctls == m.reshape_ioctls == 3
+        assert m.live_slots == 2 and m.peak_slots == 3
         m.check_layout()
         assert m.view_mapped(BASE, "private") and not m.view_mapped(BASE, "shared")
-        assert m.view_mapped(0x30000, "private") and m.view_mapped(0x30000, "shared")
+        assert m.view_mapped(0, "private") and not m.view_mapped(0, "shared")
     with MemslotMachine("16M", initial="shared") as m:
-        assert m.slot_layout() == {"private": [], "shared": [(m.reserved_bytes, 16 * MiB)]}
+        assert m.slot_layout() == {"private": [], "shared": [(0, 16 * MiB)]}
         m.check_layout()
 
 
 def test_surgery_ioctl_and_slot_counts_merge():
     with MemslotMachine("16M") as m:
-        r, end = m.reserved_bytes, 16 * MiB
+        r, end = 0, 16 * MiB
         n = m.memslot_ioctls
         # split the private run: delete 1, create 2 remnants + 1 shared slot
         m.engine.convert(BASE, PAGE, False)
         assert m.memslot_ioctls - n == 4
         assert m.slot_layout() == {"private": [(r, BASE), (BASE + PAGE, end)], "shared": [(BASE, BASE + PAGE)]}
-        assert m.live_slots == m.peak_slots == 5
+        assert m.live_slots == m.peak_slots == 4
         m.check_layout()
         # a neighbouring page joins the shared run: a slot cannot grow, so delete + create
         n = m.memslot_ioctls
@@ -69,22 +69,21 @@ def test_surgery_ioctl_and_slot_counts_merge():
         m.engine.convert(BASE, 2 * PAGE, True)
         assert m.memslot_ioctls - n == 4          # delete shared + 2 private, create 1 private
         assert m.slot_layout() == {"private": [(r, end)], "shared": []}
-        assert m.live_slots == 3 and m.peak_slots == 5
-        # no state change, or only the reserved bytes: no surgery
+        assert m.live_slots == 2 and m.peak_slots == 4
+        # no state change: no surgery
         n = m.memslot_ioctls
         m.engine.convert(BASE, 4 * PAGE, True)
-        m.engine.convert(0x200000 - PAGE, PAGE, True)
         assert m.memslot_ioctls == n
-        # at the edge of the region: delete 1, create 1 remnant + 1 shared
+        # at the edge of the region (page 0): delete 1, create 1 remnant + 1 shared
         m.engine.convert(r, PAGE, False)
         assert m.memslot_ioctls - n == 3
-        assert m.memslot_creates - m.memslot_deletes + 2 == m.live_slots      # + the Machine's 2
+        assert m.memslot_creates - m.memslot_deletes + 3 == m.live_slots      # + the Machine's 3
         m.check_layout()
 
 
 def test_surgery_counts_without_merge():
     with MemslotMachine("16M", merge=False) as m:
-        r, end = m.reserved_bytes, 16 * MiB
+        r, end = 0, 16 * MiB
         n = m.memslot_ioctls
         m.engine.convert(BASE, PAGE, False)
         assert m.memslot_ioctls - n == 4
@@ -92,7 +91,7 @@ def test_surgery_counts_without_merge():
         m.engine.convert(BASE, PAGE, True)
         assert m.memslot_ioctls - n == 2          # delete the shared slot, create a private one; no merging
         assert m.slot_layout() == {"private": [(r, BASE), (BASE, BASE + PAGE), (BASE + PAGE, end)], "shared": []}
-        assert m.live_slots == m.peak_slots == 5
+        assert m.live_slots == m.peak_slots == 4
         m.check_layout()
 
 
@@ -159,7 +158,7 @@ def test_hand_scenario_data_survives_surgery():
         _ok(res)
         assert res.conversions == 9 and "mmio" not in res.exits_by_reason
         assert m.memslot_ioctls > m.reshape_ioctls
-        assert m.slot_layout() == {"private": [(m.reserved_bytes, 16 * MiB)], "shared": []}
+        assert m.slot_layout() == {"private": [(0, 16 * MiB)], "shared": []}
         m.check_layout()
 
 
@@ -174,7 +173,7 @@ def test_ovmf_dma_trace_zero_data_errors(merge):
         assert "mmio" not in res.exits_by_reason
         surgery = m.memslot_ioctls - m.reshape_ioctls
         assert surgery >= 2 * converts                 # every conversion here changes state: >= 1 delete + 1 create
-        assert m.memslot_creates - m.memslot_deletes + 2 == m.live_slots      # + the Machine's 2
+        assert m.memslot_creates - m.memslot_deletes + 3 == m.live_slots      # + the Machine's 3
         assert m.peak_slots >= m.live_slots and m.memslot_failures == 0
         m.check_layout()
 
@@ -276,7 +275,7 @@ def test_kernel_refusal_rolls_back():
 
 def test_out_of_slots_refused_before_any_ioctl():
     with MemslotMachine("16M", merge=False) as m:
-        m.max_slots = 6                                  # ids 2..5 for the workload region
+        m.max_slots = m.slot_firmware + 5                # ids firmware + 1 .. + 4 for RAM
         m.engine.convert(BASE, PAGE, False)              # 3 workload slots
         n = m.memslot_ioctls
         with pytest.raises(Unsupported):
@@ -299,7 +298,7 @@ def test_create_close_cycles_leak_nothing():
         assert m.closed
     m.close()                                            # idempotent
 
-    def no_hooks(shared, private):
+    def no_hooks(shared, private, memory_map):
         engine = ConversionEngine(ConversionTracker(MemoryAttributes()), make_policy("never", 16 * MiB),
                                   shared, private)
         engine.commit_hooks = None

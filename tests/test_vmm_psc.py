@@ -6,11 +6,13 @@ import struct
 import pytest
 
 from privmem.errors import Busy, InvalidArgument
+from privmem.memmap import GuestMemoryMap
 from privmem.vmm import psc
 from privmem.vmm.psc import OP_PRIVATE, OP_SHARED, encode_entry, encode_request
 
-MEMORY = 64 << 20          # 16384 pages
-LAST_GFN = (MEMORY >> 12) - 1
+MEMORY_BYTES = 64 << 20    # 16384 pages
+MEMORY = GuestMemoryMap.flat(MEMORY_BYTES)
+LAST_GFN = (MEMORY_BYTES >> 12) - 1
 
 
 class Recorder:
@@ -29,7 +31,7 @@ MALFORMED = {
     "gfn past memory": [encode_entry(LAST_GFN + 1, OP_PRIVATE)],
     "gfn far past memory": [encode_entry((1 << 40) - 1, OP_SHARED)],
     "2M entry not aligned": [encode_entry(513, OP_PRIVATE, huge=True)],
-    "2M entry past memory": [encode_entry((MEMORY >> 12), OP_PRIVATE, huge=True)],
+    "2M entry past memory": [encode_entry((MEMORY_BYTES >> 12), OP_PRIVATE, huge=True)],
     "unknown op 0": [encode_entry(10, 0)],
     "unknown op 3": [encode_entry(10, 3)],
     "unknown op 15": [encode_entry(10, 15)],

@@ -84,7 +84,8 @@ def cmd_bench(args) -> int:
 
     overrides = {k: v for k, v in (("workloads", args.workloads), ("policies", args.policies),
                                    ("memory", args.memory), ("vcpus", args.vcpus), ("backend", args.backend),
-                                   ("repeat", args.repeat), ("scale", args.scale)) if v is not None}
+                                   ("repeat", args.repeat), ("scale", args.scale), ("layout", args.layout))
+                 if v is not None}
     if args.no_memslots:
         overrides["memslots"] = False
     config = boot.BenchConfig.quick(**overrides) if args.quick else boot.BenchConfig(**overrides)
@@ -133,8 +134,8 @@ def cmd_run(args) -> int:
         trace = read_trace(args.trace)
     else:
         trace = generate(args.workload or "boot", memory=args.memory or (1 << 30), vcpus=args.vcpus or 1,
-                         seed=args.seed, scale=args.scale or 1.0)
-    result = run_trace(trace, args.policy, args.backend, tracking=args.tracking)
+                         seed=args.seed, scale=args.scale or 1.0, layout=args.layout)
+    result = run_trace(trace, args.policy, args.backend, tracking=args.tracking, timing=args.timing)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:
@@ -189,7 +190,9 @@ def cmd_info(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .convert import POLICIES
+    from .memmap import LAYOUTS
     from .runner import BACKENDS, TRACKINGS
+    from .vmm.program import TIMINGS
     from .workload import WORKLOADS
 
     parser = argparse.ArgumentParser(prog="privmem", description="fd-based private memory for confidential "
@@ -206,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=_positive_int("repeat"), help="interleaved rounds (default 5)")
     bench.add_argument("--scale", type=float, help="workload scale factor")
     bench.add_argument("--no-memslots", action="store_true", help="skip the memslot-splitting contrast run")
+    bench.add_argument("--layout", type=_choice("layout", LAYOUTS), help="guest memory layout (default flat)")
     bench.add_argument("--json-out", default="privmem-bench.json")
     bench.add_argument("--plot-out", default="privmem-bench.png")
     bench.set_defaults(handler=cmd_bench)
@@ -231,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tracking", type=_choice("tracking", TRACKINGS), default="store")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--scale", type=float)
+    run.add_argument("--layout", type=_choice("layout", LAYOUTS), help="guest memory layout (default flat)")
+    run.add_argument("--timing", type=_choice("timing", TIMINGS), default="none",
+                     help="recorded: replay the gaps between a trace's recorded events")
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=cmd_run)
 

@@ -46,9 +46,24 @@ class InvalidState(PrivmemError, RuntimeError):
 
 
 class Busy(PrivmemError):
-    """The range overlaps a conversion still in flight; the guest retries (EAGAIN)."""
+    """The range overlaps a conversion still in flight, or a page a device holds; the guest
+    retries (EAGAIN).  ``gpa`` is the first page of the overlap, where known (the in-place
+    ABI's ``error_offset``)."""
 
     errno = _errno.EAGAIN
+
+    def __init__(self, message: str = "", gpa: int | None = None):
+        super().__init__(message)
+        self.gpa = gpa
+
+
+class Interrupted(PrivmemError):
+    """A run was stopped before it finished: a timeout, ``close()`` from another thread, or
+    a stop request.  ``reason`` says which; no partial result is reported as complete."""
+
+    def __init__(self, message: str, reason: str = "stopped"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class AccessDenied(PrivmemError, PermissionError):

@@ -225,6 +225,15 @@ class GuestMemoryMap:
                 return region.gpa + offset - region.offset
         raise InvalidArgument("offset", offset, f"past the backings' {self.ram_bytes:#x} bytes")
 
+    def spans_of(self, offset: int, size: int) -> Iterator[tuple[int, int]]:
+        """``(gpa, size)`` of the RAM backed by ``[offset, offset + size)`` of the backings,
+        split where the regions are not adjacent (the inverse of ``pieces``)."""
+        end = offset + size
+        for region in self.regions:
+            lo, hi = max(offset, region.offset), min(end, region.offset + region.size)
+            if lo < hi:
+                yield region.gpa + lo - region.offset, hi - lo
+
     def boundaries(self) -> list[int]:
         """Every region's first and last page address (edges tests like to probe)."""
         out = []

@@ -1,32 +1,45 @@
 """Run one trace on one backend under one policy, and report what it cost.
 
-The backend is the real KVM machine wherever /dev/kvm is usable, else the host backend.
-While the guest runs, a sampler records the engine's double allocation (its books) and the
-bytes the kernel says both backings hold (``peak_host_bytes``), for the tables and plots.
+The backend is the real KVM machine wherever /dev/kvm is usable, else the host backend.  A
+trace is compiled once into a ``Program`` (every op validated before anything runs; a trace
+file is read line by line into it, so memory does not grow with its length) and can be run
+under any number of policies.  While the guest runs, a sampler records the engine's books of
+held memory and, from the kernel, the bytes both backings hold (``peak_host_bytes``) and the
+bytes held in the side each page is not using (``peak_double_alloc_measured_bytes``), for the
+tables and plots.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 
 from .errors import InvalidArgument
+from .memmap import GuestMemoryMap
 from .ops import Trace
+from .vmm.program import Program
 
 BACKENDS = ("kvm", "host")
 TRACKINGS = ("store", "memslots")
 SAMPLE_INTERVAL = 0.05
 
 
-def kvm_usable() -> bool:
+def kvm_unusable_reason(path: str = "/dev/kvm") -> str | None:
+    """None if ``path`` opens read/write, else why not (missing, EACCES, ...)."""
     try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return False
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"{path}: {exc.strerror}" + (" (the kvm module is not loaded?)" if exc.errno == 2 else
+                                            " (run as root or join the kvm group)" if exc.errno == 13 else "")
     os.close(fd)
-    return True
+    return None
+
+
+def kvm_usable() -> bool:
+    return kvm_unusable_reason() is None
 
 
 def default_backend() -> str:
@@ -52,10 +65,16 @@ class RunResult:
     tracking: str = "store"
     dma_errors: int = 0
     psc_retries: int = 0
+    psc_errors: int = 0
     reclaimed_bytes: int = 0
     budget_bytes: int | None = None
     peak_double_alloc_measured_bytes: int = 0   # kernel: allocation in the unused side, sampled
-    timeline: list = field(default_factory=list)  # [(seconds, double-allocated bytes)]
+    layout: str = "flat"
+    regions: list = field(default_factory=list)
+    ops: int = 0
+    timing: str = "none"
+    peak_rss_bytes: int = 0          # the VMM process's peak resident set (getrusage), so far
+    timeline: list = field(default_factory=list)  # [(seconds, books bytes, kernel bytes or None)]
 
     def as_dict(self, timeline: bool = False) -> dict:
         out = asdict(self)
@@ -64,7 +83,7 @@ class RunResult:
         return out
 
 
-def make_machine(backend: str, memory: int, vcpus: int, policy: str, tracking: str = "store"):
+def make_machine(backend: str, memory_map: GuestMemoryMap, vcpus: int, policy: str, tracking: str = "store"):
     if backend not in BACKENDS:
         raise InvalidArgument("backend", backend, f"unknown (choose from {', '.join(BACKENDS)})", hex_value=False)
     if tracking not in TRACKINGS:
@@ -74,12 +93,12 @@ def make_machine(backend: str, memory: int, vcpus: int, policy: str, tracking: s
         if tracking != "store":
             raise InvalidArgument("tracking", tracking, "memslot tracking needs the kvm backend", hex_value=False)
         from .vmm.host import HostMachine
-        return HostMachine(memory, vcpus, policy=policy)
+        return HostMachine(vcpus=vcpus, policy=policy, memory_map=memory_map)
     from .vmm.machine import Machine
     if tracking == "memslots":
         from .vmm.memslots import MemslotMachine
-        return MemslotMachine(memory, vcpus, policy=policy)
-    return Machine(memory, vcpus, policy=policy)
+        return MemslotMachine(vcpus=vcpus, policy=policy, memory_map=memory_map)
+    return Machine(vcpus=vcpus, policy=policy, memory_map=memory_map)
 
 
 class _Sampler(threading.Thread):
@@ -94,18 +113,20 @@ class _Sampler(threading.Thread):
         super().__init__(name="privmem-sampler", daemon=True)
         self.machine, self.interval = machine, interval
         self.stop_event = threading.Event()
-        self.timeline: list[tuple[float, int]] = []
+        self.timeline: list[tuple[float, int, int | None]] = []
         self.peak_host_bytes = 0
         self.peak_double_measured = 0
         self.start_time = time.perf_counter()
 
     def sample(self, kernel: bool = True) -> None:
         engine = self.machine.engine
-        self.timeline.append((time.perf_counter() - self.start_time, engine.stats.double_allocated_bytes))
+        measured = None
         if kernel:
             held = engine.shared.allocated_bytes() + engine.private.allocated_bytes()
             self.peak_host_bytes = max(self.peak_host_bytes, held)
-            self.peak_double_measured = max(self.peak_double_measured, engine.measure_double_allocation())
+            measured = engine.measure_double_allocation()
+            self.peak_double_measured = max(self.peak_double_measured, measured)
+        self.timeline.append((time.perf_counter() - self.start_time, engine.stats.double_allocated_bytes, measured))
 
     def run(self) -> None:
         count = 0
@@ -114,26 +135,51 @@ class _Sampler(threading.Thread):
             self.sample(kernel=count % self.KERNEL_EVERY == 0)
 
 
-def run_trace(trace: Trace, policy: str = "never", backend: str | None = None, tracking: str = "store",
-              sample_interval: float = SAMPLE_INTERVAL) -> RunResult:
-    """Run ``trace`` on a fresh machine; the machine is closed before this returns."""
+def compile_trace(trace: Trace, timing: str = "none") -> Program:
+    """A trace's ops compiled for its memory map and vCPUs (every op validated first)."""
+    return Program.compile(trace.ops, trace.memory_map, trace.vcpus, timing)
+
+
+def run_program(program: Program, name: str, policy: str = "never", backend: str | None = None,
+                tracking: str = "store", sample_interval: float = SAMPLE_INTERVAL, timeout: float | None = None,
+                machine_hook=None) -> RunResult:
+    """Run a compiled program on a fresh machine of its memory map; the machine is closed
+    before this returns.  ``machine_hook(machine)`` runs once the machine exists (the CLI
+    uses it to close the machine on a signal)."""
     backend = backend or default_backend()
-    with make_machine(backend, trace.memory, trace.vcpus, policy, tracking) as machine:
+    with make_machine(backend, program.memory_map, program.vcpus, policy, tracking) as machine:
+        if machine_hook is not None:
+            machine_hook(machine)
         sampler = _Sampler(machine, sample_interval)
         sampler.start()
         try:
-            result = machine.run_ops(trace.ops)
+            result = machine.run_ops(program, timeout=timeout)
         finally:
             sampler.stop_event.set()
             sampler.join()
         sampler.sample()
         stats = machine.engine.stats
+        memory_map = program.memory_map
         return RunResult(
-            workload=trace.name, policy=policy, backend=backend, memory=trace.memory, vcpus=trace.vcpus,
+            workload=name, policy=policy, backend=backend, memory=memory_map.ram_bytes, vcpus=program.vcpus,
             wall_s=result.wall_time, conversions=stats.conversions, pages_converted=stats.pages_converted,
             exits=result.exits, discards=stats.discards, discarded_bytes=stats.discarded_bytes,
             peak_double_alloc_bytes=stats.peak_double_allocated_bytes, peak_host_bytes=sampler.peak_host_bytes,
             data_errors=result.data_errors, tracking=tracking, dma_errors=result.dma_errors,
-            psc_retries=result.psc_retries, reclaimed_bytes=stats.reclaimed_bytes,
+            psc_retries=result.psc_retries, psc_errors=result.psc_errors, reclaimed_bytes=stats.reclaimed_bytes,
             budget_bytes=getattr(machine.engine.policy, "budget", None),
-            peak_double_alloc_measured_bytes=sampler.peak_double_measured, timeline=sampler.timeline)
+            peak_double_alloc_measured_bytes=sampler.peak_double_measured, layout=memory_map.name,
+            regions=memory_map.as_json(), ops=program.ops, timing=program.timing,
+            peak_rss_bytes=peak_rss_bytes(), timeline=sampler.timeline)
+
+
+def run_trace(trace: Trace, policy: str = "never", backend: str | None = None, tracking: str = "store",
+              sample_interval: float = SAMPLE_INTERVAL, timing: str = "none") -> RunResult:
+    """Compile and run ``trace`` on a fresh machine."""
+    with compile_trace(trace, timing) as program:
+        return run_program(program, trace.name, policy, backend, tracking, sample_interval)
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

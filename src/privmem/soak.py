@@ -26,6 +26,8 @@ import time
 
 from .attrs import ATTR_PRIVATE
 from .errors import InvalidArgument
+from .memmap import GuestMemoryMap
+from .vmm.machine import MAX_VCPUS
 from .units import MiB, PAGE_SIZE, format_size, parse_size
 from .ops import Op
 
@@ -106,8 +108,8 @@ class _Window:
 def _check_args(seconds, vcpus, memory, seed) -> tuple[float, int, int]:
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
         raise InvalidArgument("seconds", seconds, "must be a finite number > 0", hex_value=False)
-    if isinstance(vcpus, bool) or not isinstance(vcpus, int) or not 1 <= vcpus <= 32:
-        raise InvalidArgument("vcpus", vcpus, "must be in 1..32", hex_value=False)
+    if isinstance(vcpus, bool) or not isinstance(vcpus, int) or not 1 <= vcpus <= MAX_VCPUS:
+        raise InvalidArgument("vcpus", vcpus, f"must be in 1..{MAX_VCPUS}", hex_value=False)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InvalidArgument("seed", seed, "must be an integer", hex_value=False)
     return float(seconds), vcpus, parse_size(memory, "memory")
@@ -115,7 +117,7 @@ def _check_args(seconds, vcpus, memory, seed) -> tuple[float, int, int]:
 
 def _layout(machine, memory: int, vcpus: int) -> tuple[list[int], int]:
     """Own window bases per vCPU and the common window base (2 MiB aligned)."""
-    start = machine.reserved_bytes
+    start = machine.memory_map.regions[0].gpa
     own = [start + v * OWN_PAGES * PAGE_SIZE for v in range(vcpus)]
     common = -(-(own[-1] + OWN_PAGES * PAGE_SIZE) // (2 * MiB)) * 2 * MiB
     return own, common
@@ -127,7 +129,7 @@ def run_soak(seconds: float, vcpus: int = 2, memory: int | str = "64M", policy: 
     naming the bad argument (seconds, vcpus, memory, policy, backend, seed, data_check).
 
     ``data_check``: on a machine that samples the guest's WRITE/VERIFY (the KVM machine, see
-    vmm/layout.py) "full" makes them byte-exact (slower: emulated) and "sampled" keeps the
+    vmm/machine.py) "full" makes them byte-exact (slower: emulated) and "sampled" keeps the
     machine's sampling; the host's own checks follow the choice."""
     from .runner import default_backend, make_machine
 
@@ -135,7 +137,7 @@ def run_soak(seconds: float, vcpus: int = 2, memory: int | str = "64M", policy: 
     if data_check not in ("full", "sampled"):
         raise InvalidArgument("data_check", data_check, "must be 'full' or 'sampled'", hex_value=False)
     backend = backend or default_backend()
-    need = 2 * MiB + -(-(vcpus * OWN_PAGES * PAGE_SIZE) // (2 * MiB)) * 2 * MiB + COMMON_BYTES
+    need = -(-(vcpus * OWN_PAGES * PAGE_SIZE) // (2 * MiB)) * 2 * MiB + COMMON_BYTES
     if memory < need:
         raise InvalidArgument("memory", memory, f"too small for a soak with {vcpus} vCPU(s): needs at least "
                               f"{need:#x} ({need // MiB} MiB)")
@@ -149,7 +151,7 @@ def run_soak(seconds: float, vcpus: int = 2, memory: int | str = "64M", policy: 
             totals[key] += getattr(result, key)
 
     rng = random.Random(seed)
-    with make_machine(backend, memory, vcpus, policy) as machine:
+    with make_machine(backend, GuestMemoryMap.flat(memory), vcpus, policy) as machine:
         if hasattr(machine, "data_check"):
             machine.data_check = data_check
         own, common = _layout(machine, memory, vcpus)

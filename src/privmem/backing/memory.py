@@ -197,6 +197,15 @@ class Backing:
         mapping.write(offset, data)
 
     @_locked
+    def read_into(self, offset: int, buffer) -> int:
+        """Read ``len(buffer)`` bytes at ``offset`` with a file read (preadv), not through the
+        mapping: pages never written read as zeros and stay unallocated, and the caller's
+        buffer bounds the memory used.  AccessDenied where host access is."""
+        self._host_mapping()
+        self._check_bytes(offset, len(buffer))
+        return syscalls.pread_into(self.fd, buffer, offset)
+
+    @_locked
     def fill(self, offset: int, size: int, byte: int) -> None:
         mapping = self._host_mapping()
         if not 0 <= byte <= 0xFF:

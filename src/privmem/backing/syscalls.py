@@ -122,6 +122,15 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         raise _fail("fallocate", f"fd={fd} mode={mode:#x} offset={offset:#x} len={length:#x}")
 
 
+def pread_into(fd: int, buffer, offset: int) -> int:
+    """preadv(fd, [buffer], offset) -> bytes read.  A read of a memfd hole copies zeros
+    without allocating the page (unlike a fault through a mapping)."""
+    try:
+        return os.preadv(fd, [buffer], offset)
+    except OSError as exc:
+        raise _os_fail("preadv", exc, f"fd={fd} offset={offset:#x} len={len(buffer):#x}") from None
+
+
 def lseek(fd: int, offset: int, whence: int) -> int:
     """lseek(fd, offset, whence) -> new offset.  SEEK_DATA past the last data gives ENXIO."""
     try:

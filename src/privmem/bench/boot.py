@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from ..convert import POLICIES
-from ..runner import RunResult, default_backend, run_trace
+from ..runner import RunResult, compile_trace, default_backend, run_program
 from ..units import GiB, format_size
 from ..workload import generate
 
@@ -35,6 +35,7 @@ class BenchConfig:
     seed: int = 0
     memslots: bool = True
     roundtrips: int = 20_000
+    layout: str = "flat"
 
     @classmethod
     def quick(cls, **overrides) -> "BenchConfig":
@@ -96,41 +97,47 @@ def planned_runs(config: BenchConfig, backend: str) -> int:
     return config.repeat * (per_round + memslot_runs) + (2 if backend == "kvm" else 0)
 
 
-def conversion_cost(memory: int, count: int) -> dict:
+def conversion_cost(memory: int, count: int, layout: str = "flat") -> dict:
     """On one KVM machine under ``never``, in one call: a bare port-I/O exit round trip, a
     one-page conversion round trip, and the VMM's own time per conversion (µs)."""
     from ..vmm.machine import Machine
+    from .roundtrip import conversion_cost as measure
 
-    with Machine(memory, 1, policy="never") as machine:
-        return machine.measure_conversion_cost(count)
+    with Machine(memory, 1, policy="never", layout=layout) as machine:
+        return measure(machine, count)
 
 
 def run(config: BenchConfig, progress=None) -> BenchReport:
     """Every workload × policy, ``repeat`` interleaved rounds; ``progress(text)`` after each run."""
     backend = config.backend or default_backend()
     report = BenchReport(config, backend)
-    traces = {w: generate(w, memory=config.memory, vcpus=config.vcpus, seed=config.seed, scale=config.scale)
-              for w in config.workloads}
+    programs = {w: compile_trace(generate(w, memory=config.memory, vcpus=config.vcpus, seed=config.seed,
+                                          scale=config.scale, layout=config.layout))
+                for w in config.workloads}
 
     def tick(text):
         if progress:
             progress(text)
 
-    if backend == "kvm":
-        report.conversion_cost = conversion_cost(config.memory, config.roundtrips)
-        tick("exit and conversion round trips")
-        tick("")
-    for round_index in range(config.repeat):
-        # Rotate the order each round so no policy always runs first (cold caches) or last.
-        shift = round_index % len(config.policies)
-        order = config.policies[shift:] + config.policies[:shift]
-        for workload, trace in traces.items():
-            for policy in order:
-                report.runs.append(run_trace(trace, policy, backend))
-                tick(f"{workload} {policy} (round {round_index + 1}/{config.repeat})")
-            if workload == "ovmf-dma" and config.memslots and backend == "kvm":
-                report.runs.append(run_trace(trace, "never", backend, tracking="memslots"))
-                tick(f"{workload} memslot tracking (round {round_index + 1}/{config.repeat})")
+    try:
+        if backend == "kvm":
+            report.conversion_cost = conversion_cost(config.memory, config.roundtrips, config.layout)
+            tick("exit and conversion round trips")
+            tick("")
+        for round_index in range(config.repeat):
+            # Rotate the order each round so no policy always runs first (cold caches) or last.
+            shift = round_index % len(config.policies)
+            order = config.policies[shift:] + config.policies[:shift]
+            for workload, program in programs.items():
+                for policy in order:
+                    report.runs.append(run_program(program, workload, policy, backend))
+                    tick(f"{workload} {policy} (round {round_index + 1}/{config.repeat})")
+                if workload == "ovmf-dma" and config.memslots and backend == "kvm":
+                    report.runs.append(run_program(program, workload, "never", backend, tracking="memslots"))
+                    tick(f"{workload} memslot tracking (round {round_index + 1}/{config.repeat})")
+    finally:
+        for program in programs.values():
+            program.close()
     return report
 
 
@@ -206,7 +213,7 @@ def plot(report: BenchReport, path: str) -> None:
     for policy in policies:
         run = report.best(workload, policy)
         if run and run.timeline:
-            xs, ys = zip(*run.timeline)
+            xs, ys = [t[0] for t in run.timeline], [t[1] for t in run.timeline]
             mib = [y / (1 << 20) for y in ys]
             highest = max(highest, *mib)
             right.step(xs, mib, where="post", label=policy)

@@ -9,31 +9,35 @@ import threading
 class Drainer:
     """A thread calling ``engine.tick()`` every ``interval`` seconds (default: half the
     policy's ``max_age``), so held memory is discarded on time even when the guest stops
-    converting.  Only draining policies need one; ``for_engine`` returns None for the rest.
-    A context manager: the thread stops and is joined on exit.  A tick that raises stops
-    the drainer and the error is re-raised from ``__exit__`` (the engine already keeps
-    failed discards held and retries them, so this is a bug, not an I/O error)."""
+    converting.  Only draining policies need one; ``for_engine`` returns a do-nothing context
+    for the rest.  A context manager: the thread stops and is joined on exit.  A tick that
+    raises stops the drainer and never goes unseen: ``on_error(error)`` is called at once
+    (a machine stops its run with it), and the error is re-raised from ``__exit__`` (the
+    engine already keeps failed discards held and retries them, so this is a bug, not an
+    I/O error)."""
 
-    def __init__(self, engine, interval: float):
-        self.engine, self.interval = engine, interval
+    def __init__(self, engine, interval: float, on_error=None):
+        self.engine, self.interval, self.on_error = engine, interval, on_error
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="privmem-drainer", daemon=True)
 
     @classmethod
-    def for_engine(cls, engine):
+    def for_engine(cls, engine, on_error=None):
         """A drainer for ``engine``'s policy, or a do-nothing context where none is needed."""
         policy = getattr(engine, "policy", None)
         if not getattr(policy, "drains", False):
             return contextlib.nullcontext()
-        return cls(engine, policy.max_age / 2)
+        return cls(engine, policy.max_age / 2, on_error)
 
     def _run(self) -> None:
         try:
             while not self._stop.wait(self.interval):
                 self.engine.tick()
-        except BaseException as error:  # surfaced by __exit__
+        except BaseException as error:  # surfaced by on_error and __exit__
             self._error = error
+            if self.on_error is not None:
+                self.on_error(error)
 
     def __enter__(self) -> "Drainer":
         self._thread.start()

@@ -31,6 +31,20 @@ class Request(NamedTuple):
         return ATTR_PRIVATE if self.private else 0
 
 
+class Pin(NamedTuple):
+    """A device holding ``[gpa, gpa + size)`` (mid-DMA): no conversion may touch it until it
+    is dropped (the reference count the in-place ABI answers EAGAIN for)."""
+
+    id: int
+    gpa: int
+    size: int
+    owner: str = "device"
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+
 class Conversion(NamedTuple):
     """A committed request.  ``changed`` lists, ascending, exactly the ``(gpa, size)``
     sub-ranges whose state changed: what a discard policy must act on."""
@@ -56,7 +70,13 @@ class ConversionTracker:
     the EAGAIN a guest retries on.  Pending ranges are kept beside the store, not in it:
     in flight there are at most a few (one per vCPU), so a scan beats a second index.
 
-    Invariants (``check()``): in-flight requests are pairwise disjoint; each has a valid
+    Devices pin ranges while they move data (``pin``/``unpin``): a request overlapping a pin
+    is Busy too, and a pin overlapping a request in flight is refused with Busy, so a
+    device's check of a range and its access happen with no conversion in between.  Busy
+    carries ``gpa``, the first page of the overlap.
+
+    Invariants (``check()``): in-flight requests are pairwise disjoint and disjoint from every
+    pin (pins may overlap each other: several devices may read one buffer); each has a valid
     page range; the store's own invariants hold.  All methods are thread-safe: vCPU
     threads share one tracker, and it is the only writer of its store.
     """
@@ -64,6 +84,7 @@ class ConversionTracker:
     def __init__(self, store: MemoryAttributes):
         self.store = store
         self._inflight: dict[int, Request] = {}
+        self._pins: dict[int, Pin] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -78,17 +99,45 @@ class ConversionTracker:
         gpa, size = where
         end = gpa + size
         with self._lock:
-            for other in self._inflight.values():
-                if other.gpa < end and gpa < other.gpa + other.size:
-                    raise Busy(f"[{gpa:#x}, {end:#x}) overlaps request {other.id} of vCPU {other.vcpu} "
-                               f"[{other.gpa:#x}, {other.end:#x}) still in flight")
+            self._refuse_overlap(gpa, end, self._inflight.values(), "request")
+            if self._pins:
+                self._refuse_overlap(gpa, end, self._pins.values(), "pin")
             request = Request(next(self._ids), gpa, size, bool(private), vcpu)
             self._inflight[request.id] = request
             return request
 
-    def complete(self, request: Request) -> Conversion:
+    @staticmethod
+    def _refuse_overlap(gpa: int, end: int, others, what: str) -> None:
+        for other in others:
+            if other.gpa < end and gpa < other.gpa + other.size:
+                who = f"of vCPU {other.vcpu}" if what == "request" else f"held by {other.owner}"
+                raise Busy(f"[{gpa:#x}, {end:#x}) overlaps {what} {other.id} {who} "
+                           f"[{other.gpa:#x}, {other.end:#x}) still in flight", gpa=max(gpa, other.gpa))
+
+    def pin(self, where: GpaRange, owner: str = "device") -> Pin:
+        """Hold a validated range for a device; Busy if a conversion of it is in flight.
+        O(requests in flight)."""
+        gpa, size = where
         with self._lock:
-            self._take(request, "complete")
+            self._refuse_overlap(gpa, gpa + size, self._inflight.values(), "request")
+            pin = Pin(next(self._ids), gpa, size, owner)
+            self._pins[pin.id] = pin
+            return pin
+
+    def unpin(self, pin: Pin) -> None:
+        with self._lock:
+            if self._pins.pop(pin.id, None) is None:
+                raise InvalidState(f"pin {pin.id} is not held (already dropped)")
+
+    def pins(self) -> list[Pin]:
+        with self._lock:
+            return sorted(self._pins.values(), key=lambda p: p.id)
+
+    def complete(self, request: Request) -> Conversion:
+        """Commit a request: its pages take the new attributes.  The stored request is used,
+        not the caller's copy of it.  O(log runs + runs replaced)."""
+        with self._lock:
+            request = self._take(request, "complete")
             first, end = request.gpa >> PAGE_SHIFT, (request.gpa + request.size) >> PAGE_SHIFT
             target = ATTR_PRIVATE if request.private else 0
             changed = self._changed(first, end, target)
@@ -114,10 +163,12 @@ class ConversionTracker:
         with self._lock:
             return sorted(self._inflight.values(), key=lambda r: r.id)
 
-    def _take(self, request: Request, verb: str) -> None:
-        if self._inflight.pop(request.id, None) is None:
-            raise InvalidState(f"cannot {verb} request {request.id}: it is not in flight "
-                               "(already completed or aborted)")
+    def _take(self, request: Request, verb: str) -> Request:
+        stored = self._inflight.pop(getattr(request, "id", None), None)
+        if stored is None:
+            raise InvalidState(f"cannot {verb} request {getattr(request, 'id', request)!r}: it is not in "
+                               "flight (already completed or aborted)")
+        return stored
 
     def _changed(self, first: int, end: int, target: int) -> tuple[tuple[int, int], ...]:
         """Byte sub-ranges of the gfn range whose attributes differ from ``target``, coalesced."""
@@ -148,4 +199,8 @@ class ConversionTracker:
             for a, b in zip(live, live[1:]):
                 if a.end > b.gpa:
                     raise AssertionError(f"in-flight requests {a.id} and {b.id} overlap")
+            for pin in self._pins.values():
+                for request in live:
+                    if request.gpa < pin.end and pin.gpa < request.end:
+                        raise AssertionError(f"pin {pin.id} overlaps request {request.id} in flight")
             self.store.check()

@@ -27,7 +27,12 @@ _munmap = _libc.munmap
 _munmap.restype = ctypes.c_int
 _munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 
+_madvise = _libc.madvise
+_madvise.restype = ctypes.c_int
+_madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
 PROT_READ, PROT_WRITE = 1, 2
+MADV_DONTFORK, MADV_DONTDUMP = 10, 16       # include/uapi/asm-generic/mman-common.h
 MAP_SHARED = 1
 MAP_FAILED = ctypes.c_void_p(-1).value
 
@@ -48,6 +53,12 @@ def map_shared(fd: int, size: int, name: str) -> int:
     if addr is None or addr == MAP_FAILED:
         raise KvmError(name, get_errno())
     return addr
+
+
+def madvise(addr: int, size: int, advice: int, name: str) -> None:
+    """madvise(addr, size, advice); raise KvmError(name)."""
+    if _madvise(addr, size, advice) != 0:
+        raise KvmError(name, get_errno())
 
 
 def _release(fd: int, addr: int, size: int) -> None:

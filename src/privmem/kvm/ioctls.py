@@ -46,6 +46,7 @@ KVM_GET_API_VERSION = _IO(K, 0x00)
 KVM_CREATE_VM = _IO(K, 0x01)
 KVM_CHECK_EXTENSION = _IO(K, 0x03)
 KVM_GET_VCPU_MMAP_SIZE = _IO(K, 0x04)
+KVM_GET_SUPPORTED_CPUID = _IOWR(K, 0x05, uapi.kvm_cpuid2)
 # VM
 KVM_CREATE_VCPU = _IO(K, 0x41)
 KVM_SET_USER_MEMORY_REGION = _IOW(K, 0x46, uapi.kvm_userspace_memory_region)
@@ -60,6 +61,8 @@ KVM_GET_REGS = _IOR(K, 0x81, uapi.kvm_regs)
 KVM_SET_REGS = _IOW(K, 0x82, uapi.kvm_regs)
 KVM_GET_SREGS = _IOR(K, 0x83, uapi.kvm_sregs)
 KVM_SET_SREGS = _IOW(K, 0x84, uapi.kvm_sregs)
+KVM_SET_CPUID2 = _IOW(K, 0x90, uapi.kvm_cpuid2)
+KVM_SET_GUEST_DEBUG = _IOW(K, 0x9B, uapi.kvm_guest_debug)
 
 NAMES = {value: name for name, value in globals().items()
          if name.startswith("KVM_") and isinstance(value, int)}

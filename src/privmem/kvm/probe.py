@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from typing import NamedTuple
 
 from ..errors import InvalidState, KvmError
 from . import uapi
@@ -20,7 +21,37 @@ from .system import DEV_KVM, Kvm
 _MAP_PRIVATE_ANON = 0x02 | 0x20
 
 KEYS = ("kvm", "api_version", "vm_types", "memory_attributes", "guest_memfd", "guest_memfd_flags",
-        "user_memory2", "memory_fault_info", "exit_hypercall", "hypercall_exit_works", "max_memslots")
+        "user_memory2", "memory_fault_info", "exit_hypercall", "hypercall_exit_works", "max_memslots",
+        "max_vcpus", "gpa_width", "shared_bit", "huge_pages_1g", "long_mode")
+
+
+class CpuFeatures(NamedTuple):
+    """What KVM_GET_SUPPORTED_CPUID offers a guest, as the machine needs it."""
+
+    entries: list              # the supported entries, for KVM_SET_CPUID2
+    gpa_width: int             # guest physical address bits
+    huge_pages_1g: bool        # 1 GiB pages (pdpe1gb)
+    long_mode: bool
+
+    @property
+    def shared_bit(self) -> int:
+        """The TDX-style shared bit: the highest guest-physical bit."""
+        return 1 << (self.gpa_width - 1)
+
+
+def cpu_features(kvm: Kvm) -> CpuFeatures:
+    """Read the guest physical width, 1 GiB pages and long mode from the supported CPUID.
+    The width is CPUID 0x80000008 EAX bits 23:16 (AMD's guest physical address size) where
+    set, else bits 7:0 (MAXPHYADDR)."""
+    entries = kvm.get_supported_cpuid()
+    by_leaf = {(e.function, e.index): e for e in entries}
+    ext = by_leaf.get((uapi.CPUID_EXT_FEATURES, 0))
+    sizes = by_leaf.get((uapi.CPUID_ADDRESS_SIZES, 0))
+    width = 36                                    # the architectural default without the leaf
+    if sizes is not None:
+        width = (sizes.eax >> 16) & 0xFF or sizes.eax & 0xFF
+    return CpuFeatures(entries, width, bool(ext and ext.edx & uapi.CPUID_EDX_PDPE1GB),
+                       bool(ext and ext.edx & uapi.CPUID_EDX_LM))
 
 
 def _set_bits(mask: int) -> list[int]:
@@ -50,6 +81,10 @@ def probe(path: str = DEV_KVM, *, measure: bool = True, timeout: float = 0.2) ->
             info["memory_fault_info"] = bool(cap(uapi.KVM_CAP_MEMORY_FAULT_INFO))
             info["exit_hypercall"] = cap(uapi.KVM_CAP_EXIT_HYPERCALL)
             info["max_memslots"] = cap(uapi.KVM_CAP_NR_MEMSLOTS)
+            info["max_vcpus"] = cap(uapi.KVM_CAP_MAX_VCPUS)
+            features = cpu_features(kvm)
+            info.update(gpa_width=features.gpa_width, shared_bit=features.shared_bit,
+                        huge_pages_1g=features.huge_pages_1g, long_mode=features.long_mode)
         except KvmError:
             return info
         info["kvm"] = True
@@ -137,6 +172,11 @@ def format_info(info: dict) -> str:
         ("exit-hypercall mask", f"{info['exit_hypercall']:#x}"),
         ("hypercall exit works (measured)", yes(info["hypercall_exit_works"])),
         ("max memslots", str(info["max_memslots"])),
+        ("max vCPUs", str(info["max_vcpus"])),
+        ("guest physical address width", f"{info['gpa_width']} bits (shared bit {info['shared_bit']:#x})"
+         if info["gpa_width"] else "unknown"),
+        ("1 GiB pages for the guest", yes(info["huge_pages_1g"])),
+        ("long mode for the guest", yes(info["long_mode"])),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 from ..errors import KvmError
@@ -30,6 +31,12 @@ class Kvm(FdObject):
 
     def get_vcpu_mmap_size(self) -> int:
         return ioctl(self.fd, "KVM_GET_VCPU_MMAP_SIZE", ioctls.KVM_GET_VCPU_MMAP_SIZE)
+
+    def get_supported_cpuid(self) -> list[uapi.kvm_cpuid_entry2]:
+        """KVM_GET_SUPPORTED_CPUID (api.rst 4.46): the CPUID entries KVM can offer a guest."""
+        buffer = uapi.cpuid2_with(uapi.KVM_CPUID_ENTRIES_MAX)(nent=uapi.KVM_CPUID_ENTRIES_MAX)
+        ioctl(self.fd, "KVM_GET_SUPPORTED_CPUID", ioctls.KVM_GET_SUPPORTED_CPUID, ctypes.addressof(buffer))
+        return list(buffer.entries[:buffer.nent])
 
     def create_vm(self, vm_type: int = uapi.KVM_X86_DEFAULT_VM):
         from .vm import Vm

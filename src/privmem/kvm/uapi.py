@@ -42,6 +42,9 @@ KVM_CAP_GUEST_MEMFD = 234
 KVM_CAP_VM_TYPES = 235
 KVM_CAP_PRE_FAULT_MEMORY = 236
 KVM_CAP_GUEST_MEMFD_FLAGS = 244
+KVM_CAP_NR_VCPUS = 9            # recommended maximum vCPUs
+KVM_CAP_MAX_VCPUS = 66          # hard maximum vCPUs
+KVM_CAP_SET_GUEST_DEBUG = 23
 
 # Exit reasons (kvm_run.exit_reason)
 EXIT_REASON_NAMES: dict[int, str] = {}
@@ -90,10 +93,26 @@ KVM_EPERM = 1
 KVM_EINVAL = 22
 KVM_ENOSYS = 1000
 
-# Control register / EFLAGS bits used to set up a guest without firmware
+# Control register / EFLAGS / EFER bits used to set up a guest without firmware
 X86_CR0_PE = 1 << 0
 X86_CR0_ET = 1 << 4
+X86_CR0_NE = 1 << 5
+X86_CR0_PG = 1 << 31
+X86_CR4_PAE = 1 << 5
+X86_EFER_LME = 1 << 8
+X86_EFER_LMA = 1 << 10
 X86_RFLAGS_RESERVED = 1 << 1
+
+# CPUID leaves and bits the machine reads (AMD APM vol. 3, Intel SDM vol. 2A "CPUID")
+CPUID_EXT_FEATURES = 0x8000_0001       # edx bit 26: 1 GiB pages (pdpe1gb), bit 29: long mode
+CPUID_ADDRESS_SIZES = 0x8000_0008      # eax 7:0 physical address bits, 23:16 guest physical (AMD)
+CPUID_EDX_PDPE1GB = 1 << 26
+CPUID_EDX_LM = 1 << 29
+KVM_CPUID_ENTRIES_MAX = 256            # what KVM_GET_SUPPORTED_CPUID is asked for (E2BIG if short)
+
+# KVM_SET_GUEST_DEBUG control bits
+KVM_GUESTDBG_ENABLE = 1 << 0
+KVM_GUESTDBG_SINGLESTEP = 1 << 1
 
 
 class kvm_userspace_memory_region(ctypes.Structure):
@@ -118,6 +137,27 @@ class kvm_memory_attributes(ctypes.Structure):
 
 class kvm_enable_cap(ctypes.Structure):
     _fields_ = [("cap", u32), ("flags", u32), ("args", u64 * 4), ("pad", u8 * 64)]
+
+
+class kvm_cpuid_entry2(ctypes.Structure):
+    _fields_ = [("function", u32), ("index", u32), ("flags", u32), ("eax", u32), ("ebx", u32),
+                ("ecx", u32), ("edx", u32), ("padding", u32 * 3)]
+
+
+class kvm_cpuid2(ctypes.Structure):
+    """The fixed head of ``struct kvm_cpuid2``; the ioctl number is computed from it (the
+    entries array is a flexible member).  ``cpuid2_with(n)`` makes a buffer for n entries."""
+    _fields_ = [("nent", u32), ("padding", u32)]
+
+
+def cpuid2_with(entries: int) -> type:
+    """A ctypes type: ``struct kvm_cpuid2`` followed by ``entries`` entries."""
+    return type(f"kvm_cpuid2_{entries}", (ctypes.Structure,), {
+        "_fields_": [("nent", u32), ("padding", u32), ("entries", kvm_cpuid_entry2 * entries)]})
+
+
+class kvm_guest_debug(ctypes.Structure):
+    _fields_ = [("control", u32), ("pad", u32), ("debugreg", u64 * 8)]
 
 
 class kvm_regs(ctypes.Structure):

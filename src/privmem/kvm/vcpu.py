@@ -69,6 +69,19 @@ class Vcpu(FdObject):
     def set_sregs(self, sregs: uapi.kvm_sregs) -> None:
         ioctl(self.fd, "KVM_SET_SREGS", ioctls.KVM_SET_SREGS, ctypes.addressof(sregs))
 
+    def set_cpuid2(self, entries) -> None:
+        """KVM_SET_CPUID2 (api.rst 4.73): the CPUID the guest sees (e.g. the supported set)."""
+        entries = list(entries)
+        buffer = uapi.cpuid2_with(len(entries))(nent=len(entries))
+        for i, entry in enumerate(entries):
+            buffer.entries[i] = entry
+        ioctl(self.fd, "KVM_SET_CPUID2", ioctls.KVM_SET_CPUID2, ctypes.addressof(buffer))
+
+    def set_guest_debug(self, control: int) -> None:
+        """KVM_SET_GUEST_DEBUG (api.rst 4.59); ENABLE | SINGLESTEP exits after each instruction."""
+        arg = uapi.kvm_guest_debug(control=control)
+        ioctl(self.fd, "KVM_SET_GUEST_DEBUG", ioctls.KVM_SET_GUEST_DEBUG, ctypes.addressof(arg))
+
     def enable_cap(self, cap: int, *args: int, flags: int = 0) -> None:
         arg = uapi.kvm_enable_cap(cap=cap, flags=flags)
         for i, value in enumerate(args):

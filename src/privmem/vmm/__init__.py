@@ -1,9 +1,10 @@
-"""The machine: guest_memfd private memory, a shared alias, vCPU threads, the exit loop,
-the PSC doorbell and the guest trace player (docs/design.md, "vmm/")."""
+"""The machine: RAM laid out by a guest memory map, guest_memfd private memory, a shared alias
+at the shared bit, a firmware region with the 64-bit trace player, vCPU threads, the exit
+handlers, the PSC doorbell and the device model (docs/design.md, "vmm/")."""
 
-from . import layout, program, psc
-from .layout import RESERVED_BYTES
-from .machine import Machine, OpsResult
-from .program import GuestOp
+from . import firmware, program, psc
+from .machine import MAX_MEMORY, MAX_VCPUS, Machine
+from .program import Program
+from .result import OpsResult
 
-__all__ = ["GuestOp", "Machine", "OpsResult", "RESERVED_BYTES", "layout", "program", "psc"]
+__all__ = ["MAX_MEMORY", "MAX_VCPUS", "Machine", "OpsResult", "Program", "firmware", "program", "psc"]

@@ -1,14 +1,17 @@
-"""The host backend: the same engine and backings as the KVM machine, driven by a Python guest.
+"""The host backend: the same engine, backings, memory map, programs and device rules as the KVM
+machine, with a Python guest instead of the player.
 
-For machines without /dev/kvm and for fast tests.  Each vCPU is a Python thread that runs
-its ops directly: conversions go through ``engine.convert`` (retrying on Busy, as the
-player retries a PSC request answered 'retry'), guest reads and writes go to the backing
-of the view they name, and DMA goes through ``shared_read`` / ``shared_write``, which refuse
-private pages exactly as the machine's device model does.
+For machines without a usable /dev/kvm and for fast tests.  Each vCPU is a Python thread that
+runs its spool of records (program.py) in order: conversions go through
+``engine.convert_range`` (waiting while Busy, as the player rings again on "retry"), guest
+reads and writes go to the backing of the view they name, DMA goes through the device model's
+rules (device.py: pinned, chunked, shared pages only).  The threads check a stop flag between
+ops, so a timeout, ``close()`` from another thread, Ctrl-C or an error stops every one of them
+before anything is unmapped.
 
-The VMM side seals the private backing at launch like the machine does.  The guest keeps a
+The VMM side seals the private backing at launch as the machine does.  The guest keeps a
 mapping of its own (``_guest_private``): on real hardware that is the guest's page tables,
-which the VMM does not have.
+which the VMM does not have.  Data checks are always exact: the Python guest writes every byte.
 """
 
 from __future__ import annotations
@@ -21,172 +24,303 @@ from ..backing import PrivateBacking, SharedBacking
 from ..backing.mapping import HostMapping
 from ..convert import ConversionEngine, ConversionTracker, make_policy
 from ..convert.drainer import Drainer
-from ..errors import AccessDenied, Busy, InvalidArgument, InvalidState
-from ..units import PAGE_SIZE, parse_size
-from . import layout
+from ..errors import Busy, Interrupted, InvalidArgument, InvalidState
+from ..memmap import GpaRange, GuestMemoryMap
+from . import program
+from .device import REFUSALS, DmaRequest, compare, fill
+from .machine import MAX_FAILURES, check_machine_size, resolve_memory_map
+from .program import (K_CONVERT, K_CONVERT_PAGE, K_DELAY, K_DMA_IN, K_DMA_OUT, K_EXITS, K_TOUCH, K_VERIFY,
+                      K_WRITE, view_of)
 from .result import OpsResult
+from .vcpus import VcpuStats
 
-_BUSY_RETRY_LIMIT = 1_000_000
+_BUSY_SLEEP = 20e-6
 
 
 class HostMachine:
-    """``HostMachine(memory, vcpus=1, engine=None, policy="never", initial="private")``:
-    ``engine`` is None (built with ``policy``), an engine, or a factory ``engine(shared, private)``;
-    the machine's interface (``run_ops``, ``shared_read``, ``shared_write``, ``engine``,
-    ``reserved_bytes``) without KVM.  A context manager; ``close()`` is idempotent."""
+    """``HostMachine(memory="64M", vcpus=1, engine=None, policy="never", *, layout=None,
+    memory_map=None, initial="private")``: the machine's interface (``run_ops``,
+    ``shared_read``, ``shared_write``, ``shared_matches``, ``engine``, ``memory_map``, the
+    counters) without KVM.  ``engine`` is None (built with ``policy``), an engine, or a
+    factory ``engine(shared, private, memory_map)``.  A context manager; ``close()`` is
+    idempotent and safe from another thread during a run."""
 
     backend = "host"
+    data_check = "full"
 
     def __init__(self, memory: int | str = "64M", vcpus: int = 1, engine=None, policy: str = "never", *,
-                 initial: str = "private"):
-        memory = parse_size(memory, "memory")
-        if memory < 2 * layout.RESERVED_BYTES or memory % PAGE_SIZE:
-            raise InvalidArgument("memory", memory, f"must be page aligned and at least "
-                                  f"{2 * layout.RESERVED_BYTES:#x}")
-        if not isinstance(vcpus, int) or not 1 <= vcpus <= layout.MAX_VCPUS:
-            raise InvalidArgument("vcpus", vcpus, f"must be in 1..{layout.MAX_VCPUS}", hex_value=False)
+                 layout: str | None = None, memory_map: GuestMemoryMap | None = None, initial: str = "private"):
+        self.memory_map = resolve_memory_map(memory, layout, memory_map)
+        check_machine_size(self.memory_map, vcpus, "host")
         if initial not in ("private", "shared"):
             raise InvalidArgument("initial", initial, "must be 'private' or 'shared'", hex_value=False)
-        self.memory, self.vcpus = memory, vcpus
-        self.reserved_bytes = layout.RESERVED_BYTES
+        self.memory, self.vcpus = self.memory_map.ram_bytes, vcpus
         self.launched = False
         self._closed = False
-        self.shared = SharedBacking.create(memory)
+        self._busy = threading.Lock()
+        self._stopping = False
+        self._stop_reason: str | None = None
+        self.stats = [VcpuStats() for _ in range(vcpus)]
+        self.failures: list[dict] = []
+        self.shared = self.private = self._guest_private = None
         try:
-            self.private = PrivateBacking.standin(memory)
-            self._guest_private = HostMapping(self.private.fd, memory)
+            self.shared = SharedBacking.create(self.memory)
+            self.private = PrivateBacking.standin(self.memory)
+            self._guest_private = HostMapping(self.private.fd, self.memory)
             if engine is None:
-                engine = ConversionEngine(ConversionTracker(MemoryAttributes()), make_policy(policy, memory),
-                                          self.shared, self.private)
+                engine = ConversionEngine(ConversionTracker(MemoryAttributes()), make_policy(policy, self.memory),
+                                          self.shared, self.private, memory_map=self.memory_map)
             elif not hasattr(engine, "convert"):   # a factory over this machine's backings, as Machine takes
-                engine = engine(self.shared, self.private)
+                engine = engine(self.shared, self.private, self.memory_map)
             self.engine = engine
-            self.engine.set_initial(0, self.reserved_bytes, True)
-            self.engine.set_initial(self.reserved_bytes, memory - self.reserved_bytes, initial == "private")
+            self.store = engine.store
+            for region in self.memory_map:
+                self.engine.set_initial(region.gpa, region.size, initial == "private")
         except BaseException:
             self.close()
             raise
-        self.exits = 0
+
+    # -- counters ----------------------------------------------------------------------------
+
+    def _total(self, name: str) -> int:
+        return sum(getattr(s, name) for s in self.stats)
+
+    @property
+    def exits(self) -> int:
+        return sum(sum(s.exits) for s in self.stats)
+
+    psc_retries = property(lambda self: self._total("psc_retries"))
+    data_errors = property(lambda self: self._total("data_errors"))
+    dma_errors = property(lambda self: self._total("dma_errors"))
+    conversions = property(lambda self: self._total("conversions"))
+
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def record_failure(self, index: int, kind: str, **details) -> None:
+        if len(self.failures) < MAX_FAILURES:
+            self.failures.append(dict(vcpu=index, kind=kind, **details))
 
     # -- device access ------------------------------------------------------------------
 
     def shared_read(self, gpa: int, n: int) -> bytes:
         """Device read through the shared view; AccessDenied if any touched page is private."""
-        self.engine.check_device_access(gpa, n)
-        return self.shared.read(gpa, n)
+        return b"".join(self.shared.read(offset, size) for offset, size in self.engine.check_device_access(gpa, n))
 
     def shared_write(self, gpa: int, data: bytes) -> None:
         """Device write through the shared view; AccessDenied if any touched page is private."""
-        self.engine.check_device_access(gpa, len(data))
-        self.shared.write(gpa, data)
+        data = memoryview(bytes(data))
+        done = 0
+        for offset, size in self.engine.check_device_access(gpa, len(data)):
+            self.shared.write(offset, data[done:done + size])
+            done += size
 
     def shared_matches(self, gpa: int, size: int, pattern: int) -> bool:
         """True if every byte of the shared view of the range is ``pattern`` (the Python guest
         writes whole pages, so the host backend's check is always byte-exact)."""
-        if not isinstance(pattern, int) or not 0 <= pattern <= 0xFF:
+        if not isinstance(pattern, int) or isinstance(pattern, bool) or not 0 <= pattern <= 0xFF:
             raise InvalidArgument("pattern", pattern, "must be in 0..255", hex_value=False)
-        return self.shared_read(gpa, size) == bytes([pattern]) * size
+        pieces = self.engine.check_device_access(gpa, size)
+        return compare(self.shared, pieces, pattern, False, bytearray(min(size, 1 << 20) or 1)) is None
 
     # -- the Python guest ----------------------------------------------------------------
 
-    def _view(self, view: str):
-        return self._guest_private if view == "private" else self.shared
+    def _guest_pieces(self, addr: int, end: int):
+        """(mapping, [(offset, size)]) a guest access through a view reaches."""
+        view, gpa = view_of(addr)
+        mapping = self._guest_private if view == "private" else self.shared
+        return mapping, list(self.memory_map.pieces(gpa, end - addr))
 
-    def _run_vcpu(self, ops, counters: dict) -> None:
-        engine = self.engine
-        for op in ops:
-            kind = op.kind
-            if kind == "convert":
-                for _ in range(_BUSY_RETRY_LIMIT):
-                    try:
-                        engine.convert(op.gpa, op.size, op.to == "private", op.vcpu)
-                        break
-                    except Busy:
-                        counters["psc_retries"] += 1
-                        time.sleep(0)
-                counters["conversions"] += 1
-                counters["exits"] += 1
-            elif kind == "write":
-                self._view(op.view).fill(op.gpa, op.size, op.pattern)
-            elif kind == "verify":
-                if self._view(op.view).read(op.gpa, op.size) != bytes([op.pattern]) * op.size:
-                    counters["data_errors"] += 1
-            elif kind == "touch":
-                mapping = self._view(op.view)
-                for gpa in range(op.gpa, op.gpa + op.size, PAGE_SIZE):
-                    mapping.write(gpa, mapping.read(gpa, 1))
-            else:
-                counters["exits"] += 1
-                try:
-                    if kind == "dma_in":
-                        self.shared_write(op.gpa, bytes([op.pattern]) * op.size)
-                    elif not self.shared_matches(op.gpa, op.size, op.pattern):
-                        counters["data_errors"] += 1
-                except AccessDenied:
-                    counters["dma_errors"] += 1
-
-    def run_ops(self, ops, timeout: float | None = None) -> OpsResult:
-        """Run ``ops``; every vCPU runs its own ops in order, in a thread of its own."""
-        if self._closed:
-            raise InvalidState("machine is closed")
-        per_vcpu: list[list] = [[] for _ in range(self.vcpus)]
-        for index, op in enumerate(ops):
-            if op.vcpu >= self.vcpus:
-                raise InvalidArgument(f"ops[{index}].vcpu", op.vcpu, f"must be < vcpus ({self.vcpus})",
-                                      hex_value=False)
-            if op.gpa < self.reserved_bytes or op.gpa + op.size > self.memory:
-                raise InvalidArgument(f"ops[{index}].gpa", op.gpa, "outside workload memory "
-                                      f"[{self.reserved_bytes:#x}, {self.memory:#x})")
-            per_vcpu[op.vcpu].append(op)
-        if not self.launched:
-            self.engine.launch()
-            self.launched = True
-        names = ("exits", "conversions", "psc_retries", "data_errors", "dma_errors")
-        counters = [dict.fromkeys(names, 0) for _ in range(self.vcpus)]
-        errors: list[BaseException] = []
-
-        def main(index):
+    def _convert(self, index: int, record) -> None:
+        where = GpaRange(record.addr, record.end - record.addr)
+        stats = self.stats[index]
+        while True:
             try:
-                self._run_vcpu(per_vcpu[index], counters[index])
-            except BaseException as error:  # re-raised in the caller, as the machine does
-                errors.append(error)
+                self.engine.convert_range(where, bool(record.flags & program.F_PRIVATE), index)
+                break
+            except Busy:
+                stats.psc_retries += 1
+                if self._stopping:
+                    return          # not converted, not counted: the run ends as interrupted
+                time.sleep(_BUSY_SLEEP)
+        stats.conversions += 1
+        stats.psc_requests += 1
 
-        converted_before = self.engine.stats.pages_converted
-        start = time.perf_counter()
-        threads = [threading.Thread(target=main, args=(i,), name=f"privmem-host-vcpu{i}") for i in range(self.vcpus)]
-        with Drainer.for_engine(self.engine):
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout)
-        wall = time.perf_counter() - start
-        if errors:
-            raise errors[0]
-        total = {name: sum(c[name] for c in counters) for name in names}
-        self.exits += total["exits"]
-        return OpsResult(ops=sum(map(len, per_vcpu)), wall_time=wall, exits=total["exits"],
-                         exits_by_reason={"IO": total["exits"]} if total["exits"] else {},
-                         conversions=total["conversions"],
-                         pages_converted=self.engine.stats.pages_converted - converted_before,
-                         psc_requests=total["conversions"], psc_errors=0, psc_retries=total["psc_retries"],
-                         data_errors=total["data_errors"], dma_errors=total["dma_errors"])
+    def _run_vcpu(self, index: int, spool) -> None:
+        stats = self.stats[index]
+        buffer = bytearray(1 << 20)
+        for record in (spool if spool is not None else ()):
+            if self._stopping:
+                return
+            kind = record.kind
+            if kind in (K_CONVERT, K_CONVERT_PAGE):
+                stats.exits[2] += 1
+                self._convert(index, record)
+            elif kind == K_WRITE:
+                mapping, pieces = self._guest_pieces(record.addr, record.end)
+                for offset, size in pieces:
+                    mapping.fill(offset, size, record.pattern)
+            elif kind == K_VERIFY:
+                mapping, pieces = self._guest_pieces(record.addr, record.end)
+                if any(mapping.read(offset, size).count(record.pattern) != size for offset, size in pieces):
+                    stats.data_errors += 1
+                    view, gpa = view_of(record.addr)
+                    self.record_failure(index, "verify", gpa=gpa, view=view, expected=record.pattern)
+            elif kind == K_TOUCH:
+                mapping, pieces = self._guest_pieces(record.addr, record.end)
+                for offset, size in pieces:
+                    for page in range(offset, offset + size, 4096):
+                        mapping.write(page, mapping.read(page, 1))
+            elif kind in (K_DMA_IN, K_DMA_OUT):
+                stats.exits[2] += 1
+                self._dma(index, record, buffer)
+            elif kind == K_EXITS:
+                stats.exits[2] += record.count
+            elif kind == K_DELAY:
+                stats.delays += 1
+                wake = self.run_started + record.arg / 1e6
+                while not self._stopping and time.monotonic() < wake:
+                    time.sleep(min(0.05, max(0.0, wake - time.monotonic())))
+
+    def _dma(self, index: int, record, buffer: bytearray) -> None:
+        stats = self.stats[index]
+        gpa, size = record.addr, record.end - record.addr
+        try:
+            with DmaRequest(self.engine, gpa, size, f"vCPU {index} DMA", self.stopping) as pieces:
+                if record.kind == K_DMA_IN:
+                    fill(self.shared, pieces, record.pattern)
+                    return
+                mismatch = compare(self.shared, pieces, record.pattern, False, buffer)
+        except REFUSALS as exc:
+            stats.dma_errors += 1
+            self.record_failure(index, record.kind == K_DMA_IN and "dma_in" or "dma_out", gpa=gpa, size=size,
+                                error=str(exc))
+            return
+        if mismatch is not None:
+            first, actual, wrong = mismatch
+            stats.data_errors += 1
+            self.record_failure(index, "dma_out", gpa=gpa + first, expected=record.pattern, actual=actual,
+                                mismatched_bytes=wrong)
+
+    def run_ops(self, ops, timeout: float | None = None, timing: str = "none") -> OpsResult:
+        """Run ``ops`` (a ``Program`` or Op objects); every vCPU runs its own ops in order, in a
+        thread of its own.  Raises what a vCPU raised, ``Interrupted`` on timeout or
+        ``close()``, KeyboardInterrupt once every thread has stopped."""
+        compiled = ops if isinstance(ops, program.Program) else \
+            program.Program.compile(ops, self.memory_map, self.vcpus, timing)
+        try:
+            if compiled.memory_map != self.memory_map or compiled.vcpus > self.vcpus:
+                raise InvalidArgument("program", compiled, f"compiled for another machine than this one "
+                                      f"({self.memory_map.describe()}, {self.vcpus} vCPUs)", hex_value=False)
+            return self._run_program(compiled, timeout)
+        finally:
+            if compiled is not ops:
+                compiled.close()
+
+    def _run_program(self, compiled, timeout: float | None) -> OpsResult:
+        if not self._busy.acquire(blocking=False):
+            raise InvalidState("run_ops is already running on this machine")
+        try:
+            if self._closed:
+                raise InvalidState("machine is closed")
+            self._stopping, self._stop_reason = False, None
+            errors: list[BaseException] = []
+            spools = compiled.spools
+            before = {name: self._total(name) for name in OpsResult.COUNTERS if name != "pages_converted"}
+            converted_before, exits_before = self.engine.stats.pages_converted, self.exits
+
+            def main(index):
+                try:
+                    self._run_vcpu(index, spools[index] if index < len(spools) else None)
+                except BaseException as error:  # re-raised in the caller, as the machine does
+                    errors.append(error)
+                    self._stop("error")
+
+            if not self.launched:
+                self.engine.launch()
+                self.launched = True
+            threads = [threading.Thread(target=main, args=(i,), name=f"privmem-host-vcpu{i}", daemon=True)
+                       for i in range(self.vcpus)]
+            start = time.perf_counter()
+            try:
+                with Drainer.for_engine(self.engine, on_error=lambda exc: (errors.append(exc), self._stop("error"))):
+                    self.run_started = time.monotonic()
+                    for thread in threads:
+                        thread.start()
+                    self._wait(threads, timeout)
+            except BaseException:
+                self._stop("interrupted")
+                self._join(threads)
+                raise
+            wall = time.perf_counter() - start
+            if errors:
+                raise errors[0]
+            if self._stop_reason is not None:
+                raise Interrupted(f"run stopped before it finished ({self._stop_reason})"
+                                  + (f": timed out after {timeout} s" if self._stop_reason == "timeout" else ""),
+                                  self._stop_reason)
+            counts = {name: self._total(name) - before[name] for name in before}
+        finally:
+            self._busy.release()
+        exits = self.exits - exits_before
+        return OpsResult(ops=compiled.ops, wall_time=wall, exits=exits, exits_by_reason={"io": exits} if exits else {},
+                         pages_converted=self.engine.stats.pages_converted - converted_before, **counts)
+
+    def _wait(self, threads, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic())))
+                if deadline is not None and time.monotonic() >= deadline and thread.is_alive():
+                    self._stop("timeout")
+                    deadline = None
+        self._join(threads)
+
+    @staticmethod
+    def _join(threads) -> None:
+        pending = None
+        for thread in threads:
+            while thread.is_alive():
+                try:
+                    thread.join(0.1)
+                except BaseException as exc:      # a second Ctrl-C: keep joining, then raise it
+                    pending = pending or exc
+        if pending is not None:
+            raise pending
+
+    def _stop(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._stopping = True
 
     # -- lifetime ------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Stop a run in progress (from another thread), wait for it, then unmap; idempotent."""
         if self._closed:
             return
         self._closed = True
-        for name in ("_guest_private",):
-            mapping = getattr(self, name, None)
-            if mapping is not None:
-                mapping.unmap()
-        for backing in (getattr(self, "private", None), self.shared):
-            if backing is not None:
-                backing.close()
+        if self._busy.locked():
+            self._stop("closed")
+        with self._busy:
+            if self._guest_private is not None:
+                self._guest_private.unmap()
+            for backing in (self.private, self.shared):
+                if backing is not None:
+                    backing.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def __repr__(self) -> str:
+        return f"<HostMachine {self.memory_map.describe()} vcpus={self.vcpus}{' closed' if self._closed else ''}>"
+
+
+__all__ = ["HostMachine"]

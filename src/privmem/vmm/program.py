@@ -1,80 +1,70 @@
-"""Encoding ops for the guest trace player (guest/player.S) into its binary op lists.
+"""Ops compiled for the trace player (guest/player.S): 32-byte records, one spool per vCPU.
 
-An op is anything with the fields of ``privmem.workload.Op`` (kind, gpa, size, vcpu, to,
-view, pattern); ``GuestOp`` is a stand-alone equivalent.  Record (16 bytes, little-endian)::
+Record (little-endian)::
 
-    u8 kind, u8 flags, u8 pattern, u8 0, u32 addr, u32 size, u32 arg
+    u8 kind, u8 flags, u8 pattern, u8 0, u32 count, u64 addr, u64 end, u64 arg
 
-kinds: 0 end, 1 convert, 2 write, 3 verify, 4 touch, 5 dma_in, 6 dma_out, 7 exits (``arg``
-OUTs to the no-op port: the exit round-trip benchmark), and kinds the encoder picks so the
-player branches less (every guest instruction is emulated on this host, see layout.py):
-8 a one-page convert (one PSC entry), 9 / 10 write / verify of every byte (``data_check``
-"full"; 2 / 3 sample each page, see layout.py).  flags (informational: the player reads
+kinds: 0 end, 1 convert, 2 write, 3 verify, 4 touch, 5 dma_in, 6 dma_out, 7 exits (``count``
+OUTs to the no-op port: the exit round-trip benchmark), 8 a one-page convert (one PSC entry),
+9 / 10 write / verify of every byte (the machine points kinds 2 / 3 at them under
+``data_check="full"``: records do not depend on the machine), 11 refill (written by the VMM
+at the end of each ring segment), 12 delay (``--timing recorded``: the VMM waits until
+``arg`` microseconds after the start of the run).  flags (informational; the player reads
 none): bit 0 to private (convert), bit 1 shared view (write, verify, touch).
 
-The encoder does the player's arithmetic: ``addr`` is the guest address through the op's
-view (``gpa | shared_bit`` for the shared view; the gpa for convert and DMA), ``arg`` is the
-pattern byte replicated into a dword (write, verify), the PSC operation bits as the guest
-writes them into an entry's high dword (convert), or the OUT count (exits).
+The encoder does the player's arithmetic: ``addr`` is the address through the op's view
+(the gpa for the private view, convert and device ops; ``SHARED_VA + gpa`` for the shared
+view), ``end`` is ``addr + size``, ``arg`` the pattern byte replicated into a qword (write,
+verify), the PSC operation bits (convert) or the whole PSC entry (one-page convert).
+
+A :class:`Program` is a trace compiled once for a memory map and a number of vCPUs, and run
+on any machine with that map: each vCPU's records go to a spool (in memory while small, a
+temporary file beyond), streamed into the vCPU's op ring as the guest consumes it
+(vmm/ring.py), so host memory does not grow with trace length.  Compiling validates every op
+first, so a bad op is refused before anything runs.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from ..errors import InvalidArgument
-from ..units import PAGE_SIZE, is_page_aligned
-from . import layout, psc
+from ..memmap import GuestMemoryMap
+from ..ops import Op
+from ..units import MiB, PAGE_SIZE
+from . import psc
+from .firmware import RECORD_BYTES, SHARED_VA
 
-RECORD = struct.Struct("<BBBxIII")
-KIND_CODES = {"end": 0, "convert": 1, "write": 2, "verify": 3, "touch": 4, "dma_in": 5, "dma_out": 6,
-              "exits": 7}
-K_CONVERT_PAGE, K_WRITE_FULL, K_VERIFY_FULL = 8, 9, 10      # picked by the encoder, not op kinds
+RECORD = struct.Struct("<BBBxIQQQ")
+assert RECORD.size == RECORD_BYTES
+K_END, K_CONVERT, K_WRITE, K_VERIFY, K_TOUCH, K_DMA_IN, K_DMA_OUT, K_EXITS = range(8)
+K_CONVERT_PAGE, K_WRITE_FULL, K_VERIFY_FULL, K_REFILL, K_DELAY = range(8, 13)
+KIND_CODES = {"end": K_END, "convert": K_CONVERT, "write": K_WRITE, "verify": K_VERIFY, "touch": K_TOUCH,
+              "dma_in": K_DMA_IN, "dma_out": K_DMA_OUT, "exits": K_EXITS, "convert_page": K_CONVERT_PAGE,
+              "write_full": K_WRITE_FULL, "verify_full": K_VERIFY_FULL, "refill": K_REFILL, "delay": K_DELAY}
+FULL_CHECK_KINDS = {K_WRITE: K_WRITE_FULL, K_VERIFY: K_VERIFY_FULL}
 F_PRIVATE, F_SHARED_VIEW = 1, 2
-END_RECORD = RECORD.pack(0, 0, 0, 0, 0, 0)
 DATA_CHECKS = ("sampled", "full")
-_FULL_KINDS = {"write": K_WRITE_FULL, "verify": K_VERIFY_FULL}
-# PSC operation as the player writes it into an entry's high dword (psc.py: bits 52-55)
-_PSC_OP_HIGH = {True: psc.OP_PRIVATE << 20, False: psc.OP_SHARED << 20}
+TIMINGS = ("none", "recorded")
+MAX_DMA_BYTES = 256 * MiB            # one device request; a device moves bounded buffers
+DELAY_THRESHOLD_US = 100             # recorded gaps shorter than this are not replayed
+END_RECORD = RECORD.pack(K_END, 0, 0, 0, 0, 0, 0)
+SPOOL_IN_MEMORY = 1 * MiB            # per vCPU; beyond, the spool goes to a temporary file
+_PATTERN_QWORD = 0x0101010101010101
+_PSC_OP = {True: psc.OP_PRIVATE << 52, False: psc.OP_SHARED << 52}
 
 
-@dataclass(frozen=True)
-class GuestOp:
-    kind: str
-    gpa: int = 0
-    size: int = 0
-    vcpu: int = 0
-    to: str | None = None
-    view: str | None = None
-    pattern: int | None = None
-    count: int = 0          # only for kind "exits"
-
-
-def check_op(op, memory: int, vcpus: int, reserved: int = layout.RESERVED_BYTES) -> None:
-    """Raise InvalidArgument unless the player can run ``op`` on this machine."""
-    kind = op.kind
-    if kind not in KIND_CODES or kind == "end":
-        raise InvalidArgument("op.kind", kind, "unknown op kind", hex_value=False)
-    if not 0 <= op.vcpu < vcpus:
-        raise InvalidArgument("op.vcpu", op.vcpu, f"must be < vcpus ({vcpus})", hex_value=False)
-    if kind == "exits":
-        if not 0 <= getattr(op, "count", 0) < 1 << 32:
-            raise InvalidArgument("op.count", op.count, "must fit in 32 bits", hex_value=False)
-        return
-    if not (is_page_aligned(op.gpa) and is_page_aligned(op.size)) or op.size <= 0:
-        raise InvalidArgument("op.gpa", op.gpa, f"range must be page aligned and non-empty (size {op.size:#x})")
-    if op.gpa < reserved or op.gpa + op.size > memory:
-        raise InvalidArgument("op.gpa", op.gpa, f"range [{op.gpa:#x}, {op.gpa + op.size:#x}) is outside "
-                              f"workload memory [{reserved:#x}, {memory:#x})")
-    if kind == "convert" and op.to not in ("private", "shared"):
-        raise InvalidArgument("op.to", op.to, "must be 'private' or 'shared'", hex_value=False)
-    if kind in ("write", "verify", "touch") and (op.view or "private") not in ("private", "shared"):
-        raise InvalidArgument("op.view", op.view, "must be 'private' or 'shared'", hex_value=False)
-    if kind in ("write", "verify", "dma_in", "dma_out") and not (
-            isinstance(op.pattern, int) and 0 <= op.pattern <= 255):
-        raise InvalidArgument("op.pattern", op.pattern, "must be in 0..255", hex_value=False)
+class Record(NamedTuple):
+    kind: int
+    flags: int
+    pattern: int
+    count: int
+    addr: int
+    end: int
+    arg: int
 
 
 def check_data_check(data_check: str) -> str:
@@ -84,67 +74,171 @@ def check_data_check(data_check: str) -> str:
     return data_check
 
 
-def encode_op(op, shared_bit: int | None = None, data_check: str = "sampled") -> bytes:
-    """The player's record for ``op`` (checked by ``check_op`` first).  ``shared_bit`` is the
-    machine's alias bit, needed for ops on the shared view; ``data_check`` "sampled" or "full"
-    selects the write/verify routine."""
-    kind = op.kind
-    pattern = op.pattern if getattr(op, "pattern", None) is not None else 0
-    if kind == "exits":
-        return RECORD.pack(KIND_CODES[kind], 0, 0, 0, 0, getattr(op, "count", 0))
-    flags, addr, arg, code = 0, op.gpa, 0, KIND_CODES[kind]
+def check_timing(timing: str) -> str:
+    if timing not in TIMINGS:
+        raise InvalidArgument("timing", timing, f"must be one of {', '.join(TIMINGS)}", hex_value=False)
+    return timing
+
+
+def encode(op: Op) -> bytes:
+    """The record for ``op`` (already validated)."""
+    kind, gpa, size, pattern = op.kind, op.gpa, op.size, op.pattern
     if kind == "convert":
         private = op.to == "private"
-        flags = F_PRIVATE if private else 0
-        arg = _PSC_OP_HIGH[private]
-        if op.size == PAGE_SIZE:
-            code = K_CONVERT_PAGE
-    elif kind in ("write", "verify", "touch"):
-        if op.view == "shared":
-            if shared_bit is None:
-                raise InvalidArgument("shared_bit", shared_bit, "needed to encode an op on the shared view",
-                                      hex_value=False)
-            flags, addr = F_SHARED_VIEW, op.gpa | shared_bit
-        if kind != "touch":
-            arg = pattern * 0x01010101
-            if data_check == "full":
-                code = _FULL_KINDS[kind]
-            else:
-                check_data_check(data_check)
-    return RECORD.pack(code, flags, pattern, addr, op.size, arg)
+        if size == PAGE_SIZE:
+            return RECORD.pack(K_CONVERT_PAGE, private, 0, 0, gpa, gpa + size, gpa | _PSC_OP[private])
+        return RECORD.pack(K_CONVERT, private, 0, 0, gpa, gpa + size, _PSC_OP[private])
+    if kind in ("dma_in", "dma_out"):
+        return RECORD.pack(K_DMA_IN if kind == "dma_in" else K_DMA_OUT, 0, pattern, 0, gpa, gpa + size, 0)
+    shared = op.view == "shared"
+    addr = SHARED_VA + gpa if shared else gpa
+    code = K_WRITE if kind == "write" else K_VERIFY if kind == "verify" else K_TOUCH
+    return RECORD.pack(code, F_SHARED_VIEW if shared else 0, pattern or 0, 0, addr, addr + size,
+                       (pattern or 0) * _PATTERN_QWORD)
 
 
-def split_by_vcpu(ops: Iterable, memory: int, vcpus: int, reserved: int = layout.RESERVED_BYTES) -> list[list]:
-    """Validate every op, then group them per vCPU keeping each vCPU's order."""
-    per_vcpu: list[list] = [[] for _ in range(vcpus)]
-    for op in ops:
-        check_op(op, memory, vcpus, reserved)
-        per_vcpu[op.vcpu].append(op)
-    return per_vcpu
+def exits_record(count: int) -> bytes:
+    """``count`` bare OUT exits (the round-trip benchmark)."""
+    if not isinstance(count, int) or not 0 <= count < 1 << 32:
+        raise InvalidArgument("count", count, "must fit in 32 bits", hex_value=False)
+    return RECORD.pack(K_EXITS, 0, 0, count, 0, 0, 0)
 
 
-def capacity(vcpus: int) -> int:
-    """Ops per vCPU per round (one record of each list is the END)."""
-    return _list_bytes(vcpus) // RECORD.size - 1
+def delay_record(at_us: int) -> bytes:
+    return RECORD.pack(K_DELAY, 0, 0, 0, 0, 0, at_us)
 
 
-def _list_bytes(vcpus: int) -> int:
-    return (layout.OPS_END - layout.OPS_GPA) // vcpus // PAGE_SIZE * PAGE_SIZE
+def decode(raw: bytes | memoryview, offset: int = 0) -> Record:
+    return Record(*RECORD.unpack_from(raw, offset))
 
 
-def rounds(per_vcpu: list[list], vcpus: int, shared_bit: int | None = None,
-           data_check: str = "sampled") -> list[list[bytes]]:
-    """Encoded op lists per round (each round fits the op-list area), END-terminated."""
-    check_data_check(data_check)
-    cap = capacity(vcpus)
-    longest = max((len(ops) for ops in per_vcpu), default=0)
-    out = []
-    for start in range(0, max(longest, 1), cap):
-        out.append([b"".join(encode_op(op, shared_bit, data_check) for op in ops[start:start + cap]) + END_RECORD
-                    for ops in per_vcpu])
-    return out
+def view_of(addr: int) -> tuple[str, int]:
+    """``(view, gpa)`` of a player address (write / verify / touch records)."""
+    return ("shared", addr - SHARED_VA) if addr >= SHARED_VA else ("private", addr)
 
 
-def list_gpa(vcpu: int, vcpus: int) -> int:
-    """Where vCPU ``vcpu``'s op list starts (page aligned)."""
-    return layout.OPS_GPA + vcpu * _list_bytes(vcpus)
+def check_op(op: Op, memory_map: GuestMemoryMap, vcpus: int) -> None:
+    """Raise InvalidArgument unless the player can run ``op`` on a machine with this map."""
+    if not isinstance(op, Op):
+        raise InvalidArgument("op", op, "not a privmem.ops.Op", hex_value=False)
+    if not 0 <= op.vcpu < vcpus:
+        raise InvalidArgument("op.vcpu", op.vcpu, f"must be < vcpus ({vcpus})", hex_value=False)
+    if not memory_map.contains(op.gpa, op.size):
+        raise memory_map.outside(op.gpa, op.size, "op.gpa")
+    if op.kind in ("dma_in", "dma_out") and op.size > MAX_DMA_BYTES:
+        raise InvalidArgument("op.size", op.size, f"one device request moves at most {MAX_DMA_BYTES:#x} bytes")
+
+
+class Spool:
+    """One vCPU's records, appended while compiling and read back while running."""
+
+    def __init__(self):
+        self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, prefix="privmem-ops-")
+        self._buffer = bytearray()
+        self.records = 0
+
+    def append(self, record: bytes) -> None:
+        buffer = self._buffer
+        buffer += record
+        self.records += 1
+        if len(buffer) >= 64 * 1024:
+            self._file.write(buffer)
+            buffer.clear()
+
+    def finish(self) -> None:
+        if self._buffer:
+            self._file.write(self._buffer)
+            self._buffer.clear()
+        self._file.flush()
+
+    def rewind(self) -> None:
+        self._file.seek(0)
+
+    def read_into(self, view: memoryview) -> int:
+        """Fill ``view`` with the next records; returns how many."""
+        return (self._file.readinto(view) or 0) // RECORD_BYTES
+
+    def __iter__(self) -> Iterator[Record]:
+        self.rewind()
+        while True:
+            chunk = self._file.read(RECORD_BYTES * 1024)
+            if not chunk:
+                return
+            for fields in RECORD.iter_unpack(chunk):
+                yield Record(*fields)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Program:
+    """Ops compiled for a memory map and ``vcpus`` vCPUs (module docstring).
+
+    ``Program.compile(ops, memory_map, vcpus)`` validates and encodes an iterable of ops as
+    it streams by; ``add_exits`` appends the benchmark's bare exits.  ``ops`` counts trace ops,
+    ``records[v]`` what each vCPU's spool holds.  A context manager; ``close()`` drops the
+    spools.  One run at a time reads it.
+    """
+
+    def __init__(self, memory_map: GuestMemoryMap, vcpus: int, timing: str = "none"):
+        self.memory_map, self.vcpus = memory_map, vcpus
+        self.timing = check_timing(timing)
+        self.spools = [Spool() for _ in range(vcpus)]
+        self.ops = 0
+        self._last_us = [0] * vcpus
+
+    @classmethod
+    def compile(cls, ops: Iterable[Op], memory_map: GuestMemoryMap, vcpus: int, timing: str = "none") -> "Program":
+        program = cls(memory_map, vcpus, timing)
+        try:
+            program.extend(ops)
+        except BaseException:
+            program.close()
+            raise
+        return program
+
+    def extend(self, ops: Iterable[Op]) -> None:
+        memory_map, vcpus, spools = self.memory_map, self.vcpus, self.spools
+        recorded = self.timing == "recorded"
+        for index, op in enumerate(ops, self.ops):
+            try:
+                check_op(op, memory_map, vcpus)
+            except InvalidArgument as err:
+                raise InvalidArgument(f"ops[{index}].{err.field.removeprefix('op.')}", err.value, err.why,
+                                      hex_value=err.field != "op.vcpu") from None
+            spool = spools[op.vcpu]
+            if recorded and op.t is not None:
+                at = int(op.t * 1e6)
+                if at - self._last_us[op.vcpu] >= DELAY_THRESHOLD_US:
+                    spool.append(delay_record(at))
+                    self._last_us[op.vcpu] = at
+            spool.append(encode(op))
+            self.ops += 1
+        for spool in spools:
+            spool.finish()
+
+    def add_exits(self, vcpu: int, count: int) -> None:
+        self.spools[vcpu].append(exits_record(count))
+        self.spools[vcpu].finish()
+
+    @property
+    def records(self) -> list[int]:
+        return [spool.records for spool in self.spools]
+
+    def close(self) -> None:
+        for spool in self.spools:
+            spool.close()
+
+    def __enter__(self) -> "Program":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Program {self.ops} ops for {self.vcpus} vCPU(s) on {self.memory_map.describe()}>"
+
+
+__all__ = ["DATA_CHECKS", "K_END", "KIND_CODES", "MAX_DMA_BYTES", "Program", "RECORD", "Record", "Spool",
+           "TIMINGS", "check_data_check", "check_op", "check_timing", "decode", "encode", "exits_record",
+           "view_of"]

@@ -33,7 +33,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import Busy, InvalidArgument
+from ..errors import Busy, InvalidArgument, InvalidState, Unsupported
 from ..units import PAGE_SHIFT, PAGE_SIZE
 
 MAX_ENTRIES = 253
@@ -46,6 +46,10 @@ STATUS = struct.Struct("<I")
 REQUEST_BYTES = STATUS_OFFSET + STATUS.size                       # 2036
 
 STATUS_OK, STATUS_INVALID, STATUS_RETRY = 0, 1, 2
+# What a conversion may refuse with that is an answer to the guest, not a VMM failure: a
+# range the engine will not take, a host limit (out of memslots), a machine that can no
+# longer convert.
+REFUSED = (InvalidArgument, Unsupported, InvalidState)
 _U16, _U64 = struct.Struct("<H"), struct.Struct("<Q")
 OP_PRIVATE, OP_SHARED = 1, 2
 
@@ -131,9 +135,10 @@ class Outcome:
         return bytes(out), STATUS.pack(self.status)
 
 
-def parse(page: bytes, memory: int) -> list[Entry]:
-    """Validate the request in ``page`` against a guest of ``memory`` bytes; return the
-    entries from cur_entry to end_entry.  Raises InvalidArgument naming the first problem."""
+def parse(page: bytes, memory_map) -> list[Entry]:
+    """Validate the request in ``page`` against a guest whose RAM ``memory_map`` (a
+    ``GuestMemoryMap``) lays out; return the entries from cur_entry to end_entry.  Raises
+    InvalidArgument naming the first problem."""
     if len(page) < STATUS_OFFSET:
         raise InvalidArgument("psc.page", len(page), f"shorter than {STATUS_OFFSET} bytes", hex_value=False)
     cur_entry, end_entry, reserved = HEADER.unpack_from(page, 0)
@@ -144,7 +149,6 @@ def parse(page: bytes, memory: int) -> list[Entry]:
                               hex_value=False)
     if cur_entry > end_entry:
         raise InvalidArgument("psc.cur_entry", cur_entry, f"beyond end_entry {end_entry}", hex_value=False)
-    limit = memory >> PAGE_SHIFT
     entries = []
     for index, raw in enumerate(struct.unpack_from(f"<{end_entry - cur_entry + 1}Q", page,
                                                    ENTRIES_OFFSET + cur_entry * ENTRY_SIZE), cur_entry):
@@ -161,8 +165,9 @@ def parse(page: bytes, memory: int) -> list[Entry]:
             raise InvalidArgument(where, raw, "2 MiB entry not 2 MiB aligned")
         if entry.cur_page > entry.npages:
             raise InvalidArgument(where, raw, f"cur_page {entry.cur_page} beyond the entry's {entry.npages} pages")
-        if gfn + entry.npages > limit:
-            raise InvalidArgument(where, raw, f"runs past guest memory ({memory:#x} bytes)")
+        if not memory_map.contains(gfn << PAGE_SHIFT, entry.npages << PAGE_SHIFT):
+            missing = memory_map.outside(gfn << PAGE_SHIFT, entry.npages << PAGE_SHIFT)
+            raise InvalidArgument(where, raw, f"not guest RAM ({missing.why})")
         entries.append(entry)
     spans = sorted((e.gfn, e.gfn + e.npages, e.index) for e in entries)
     for (a_start, a_end, a_index), (b_start, _, b_index) in zip(spans, spans[1:]):
@@ -187,11 +192,12 @@ def merge(entries: list[Entry]) -> list[Run]:
     return runs
 
 
-def serve(page: bytes, memory: int, convert: Callable[[int, int, bool], object]) -> Outcome:
+def serve(page: bytes, memory_map, convert: Callable[[int, int, bool], object]) -> Outcome:
     """Validate and carry out the request in ``page``; ``convert(gpa, size, to_private)``
-    does one conversion and may raise Busy.  Never raises for a malformed request."""
+    does one conversion of a range of RAM the request named (validated) and may raise Busy.
+    Never raises for a malformed request."""
     try:
-        entries = parse(page, memory)
+        entries = parse(page, memory_map)
     except InvalidArgument as exc:
         return Outcome(STATUS_INVALID, HEADER.unpack_from(page, 0)[0] if len(page) >= 2 else 0,
                        error=str(exc))
@@ -203,7 +209,7 @@ def serve(page: bytes, memory: int, convert: Callable[[int, int, bool], object])
         except Busy as exc:
             outcome.status, outcome.cur_entry, outcome.error = STATUS_RETRY, run.first, str(exc)
             break
-        except InvalidArgument as exc:          # the engine refused the range: guest error
+        except REFUSED as exc:                  # refused: an error status for the guest
             outcome.status, outcome.cur_entry, outcome.error = STATUS_INVALID, run.first, str(exc)
             break
         outcome.conversions += 1
@@ -222,7 +228,7 @@ _TOP_4K_PRIVATE, _TOP_4K_SHARED = OP_PRIVATE, OP_SHARED             # bits 52-63
 _TOP_2M_PRIVATE, _TOP_2M_SHARED = OP_PRIVATE | 0x10, OP_SHARED | 0x10
 
 
-def serve_in_place(buffer, memory: int, convert: Callable[[int, int, bool], object],
+def serve_in_place(buffer, memory_map, convert: Callable[[int, int, bool], object],
                    _u64=_U64.unpack_from, _pack64=_U64.pack_into, _pack16=_U16.pack_into,
                    _pack32=STATUS.pack_into) -> tuple[int, str | None]:
     """``serve`` on the comm page itself: ``buffer`` is writable (a memoryview of shared
@@ -245,20 +251,20 @@ def serve_in_place(buffer, memory: int, convert: Callable[[int, int, bool], obje
             npages = _PAGES_2M
         else:
             npages = 0
-        if npages and not raw & _CUR_PAGE_MASK and gfn + npages <= memory >> PAGE_SHIFT:
+        if npages and not raw & _CUR_PAGE_MASK and memory_map.contains(gfn << PAGE_SHIFT, npages << PAGE_SHIFT):
             try:
                 convert(gfn << PAGE_SHIFT, npages << PAGE_SHIFT, (top & _OP_MASK) == OP_PRIVATE)
             except Busy as exc:                  # nothing done: cur_entry stays, retry
                 _pack32(buffer, STATUS_OFFSET, STATUS_RETRY)
                 return STATUS_RETRY, str(exc)
-            except InvalidArgument as exc:       # the engine refused the range: guest error
+            except REFUSED as exc:               # refused: an error status for the guest
                 _pack32(buffer, STATUS_OFFSET, STATUS_INVALID)
                 return STATUS_INVALID, str(exc)
             _pack16(buffer, 0, cur + 1)
             _pack64(buffer, offset, raw | npages)
             _pack32(buffer, STATUS_OFFSET, STATUS_OK)
             return _OK
-    outcome = serve(buffer, memory, convert)
+    outcome = serve(buffer, memory_map, convert)
     outcome.apply(buffer)
     return outcome.status, outcome.error
 

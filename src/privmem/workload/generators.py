@@ -1,14 +1,22 @@
 """Seeded, deterministic workload generators modelled on real guests (reference §6).
 
-``generate(name, memory, vcpus, seed=0, scale=1.0, reserved=RESERVED) -> Trace``.
+``generate(name, memory, vcpus, seed=0, scale=1.0, reserved=0, layout=None, memory_map=None)
+-> Trace``.
+
+Workloads are laid out in RAM *offsets* (0 .. memory), then placed in guest-physical space
+through the guest memory map (``layout`` or ``memory_map``; default one region at 0): what
+lies low (firmware bounce buffers, coherent DMA, the SWIOTLB pool) lands in low RAM, what
+lies in the upper half of RAM (lazy acceptance) lands above 4 GiB on a q35 or Cloud
+Hypervisor guest, as in real guests.  An op over offsets that cross into another region is
+split at the boundary.
 
 Conventions every generator follows (see :mod:`privmem.ops` for the data semantics):
 
 * Guest memory starts PRIVATE: the runner pre-marks ``[reserved, memory)`` private before launch
   (``ConversionEngine.populate``), as QEMU sets the whole slot private and SNP firmware validates
   all RAM.  Every later change is an explicit ``convert`` op.
-* No op touches the low ``reserved`` bytes (16 MiB by default: the machine's code, op lists and
-  per-vCPU pages).  Work areas start at ``reserved`` rounded up to 2 MiB.
+* No op touches the low ``reserved`` bytes of RAM (none by default: the machines keep their own
+  code and pages outside RAM).  Work areas start at ``reserved`` rounded up to 2 MiB.
 * Each vCPU works in its own disjoint windows, converts only its own pages and reads only data it
   wrote; so the result does not depend on how the vCPUs interleave (``random`` adds a window that
   all vCPUs convert, holding no data).  In the trace, vCPUs' steps are merged round-robin.
@@ -26,14 +34,17 @@ from __future__ import annotations
 import random
 from typing import Callable
 
+import dataclasses
+
 from ..errors import InvalidArgument
+from ..memmap import GuestMemoryMap
 from ..units import GiB, MiB, PAGE_SIZE, is_page_aligned
 from .model import summary
 from ..ops import Op, Trace, check_memory, check_vcpus, convert, dma_in, dma_out, touch, verify, write
 
 __all__ = ["RESERVED", "WORKLOADS", "DEFAULT_WORKLOAD", "generate", "summary", "swiotlb_size"]
 
-RESERVED = 16 * MiB
+RESERVED = 0
 CHUNK = 2 * MiB                      # conversion granule for bulk conversions (PSC 2M entry, MapGPA chunk)
 ACCEPT_CHUNK = 4 * MiB               # Linux accepts "typically ... in 4M chunks"
 OVMF_TRANSACTIONS = 5000             # grub boot: ~5,100 DMA operations (edk2 c4e76d2fba)
@@ -531,12 +542,19 @@ _BUILDERS: dict[str, Callable] = {
 
 
 def generate(name: str = DEFAULT_WORKLOAD, memory: int = 1 * GiB, vcpus: int = 1, seed: int = 0,
-             scale: float = 1.0, reserved: int = RESERVED) -> Trace:
-    """Build workload ``name`` (see WORKLOADS) for a guest of ``memory`` bytes and ``vcpus``
-    vCPUs.  Same arguments, same trace.  Raises InvalidArgument naming the bad argument."""
+             scale: float = 1.0, reserved: int = RESERVED, layout: str | None = None,
+             memory_map: GuestMemoryMap | None = None) -> Trace:
+    """Build workload ``name`` (see WORKLOADS) for a guest of ``memory`` bytes of RAM and
+    ``vcpus`` vCPUs, laid out by ``layout`` (or ``memory_map``, whose RAM then sets
+    ``memory``).  Same arguments, same trace.  Raises InvalidArgument naming the bad
+    argument."""
     if name not in WORKLOADS:
         raise InvalidArgument("workload", name, f"unknown (one of {', '.join(WORKLOADS)})", hex_value=False)
+    if memory_map is not None:
+        memory = memory_map.ram_bytes
     check_memory(memory)
+    if memory_map is None:
+        memory_map = GuestMemoryMap.from_layout(layout or "flat", memory)
     check_vcpus(vcpus)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InvalidArgument("seed", seed, "must be an integer", hex_value=False)
@@ -552,4 +570,16 @@ def generate(name: str = DEFAULT_WORKLOAD, memory: int = 1 * GiB, vcpus: int = 1
         ops = _merge(firmware) + _merge(kernel)
     else:
         ops = _merge(_BUILDERS[name](memory, vcpus, seed, scale, reserved))
-    return Trace(name, memory, vcpus, tuple(ops)).validate()
+    return Trace.on_map(name, memory_map, vcpus, _place(ops, memory_map)).validate()
+
+
+def _place(ops: list[Op], memory_map: GuestMemoryMap) -> list[Op]:
+    """Ops laid out in RAM offsets, moved to their guest-physical addresses (split where the
+    offsets cross into another region)."""
+    if memory_map == GuestMemoryMap.flat(memory_map.ram_bytes):
+        return ops
+    placed = []
+    for op in ops:
+        for gpa, size in memory_map.spans_of(op.gpa, op.size):
+            placed.append(dataclasses.replace(op, gpa=gpa, size=size))
+    return placed

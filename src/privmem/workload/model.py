@@ -131,20 +131,11 @@ def check_trace(trace: Trace, reserved: int = 0, ownership: bool = True) -> Mode
     while page != -1:
         end = state.find(PRIVATE, page)
         end = pages if end == -1 else end
-        for region_gpa, size in _gpa_spans(trace.memory_map, page << PAGE_SHIFT, end << PAGE_SHIFT):
-            shared_ranges.append((region_gpa, size))
+        shared_ranges += trace.memory_map.spans_of(page << PAGE_SHIFT, (end - page) << PAGE_SHIFT)
         page = state.find(SHARED, end)
     shared = state.count(SHARED)
     return ModelResult(private_pages=pages - shared, shared_pages=shared, verified_pages=verified,
                        noop_conversion_pages=noop, shared_ranges=shared_ranges)
-
-
-def _gpa_spans(memory_map, offset: int, end: int):
-    """GPA ranges of the backing offsets [offset, end), split where regions are not adjacent."""
-    for region in memory_map.regions:
-        lo, hi = max(offset, region.offset), min(end, region.offset + region.size)
-        if lo < hi:
-            yield region.gpa + lo - region.offset, hi - lo
 
 
 def summary(trace: Trace) -> dict:

@@ -1,6 +1,6 @@
 """Assemble the guest programs: ``python -m privmem.vmm.guest.assemble [--check]``.
 
-Each ``NAME.S`` here becomes ``NAME.bin`` (raw 32-bit code) with GNU ``as --32`` and
+Each ``NAME.S`` here becomes ``NAME.bin`` (raw 64-bit code) with GNU ``as --64`` and
 ``objcopy -O binary``.  The .bin files are committed so that running a machine needs no
 toolchain; ``--check`` re-assembles and fails if a committed .bin differs.
 """
@@ -24,7 +24,7 @@ def assemble(source: Path) -> bytes:
     """Return the raw binary of one .S file."""
     with tempfile.TemporaryDirectory(prefix="privmem-as-") as tmp:
         obj, binary = Path(tmp, "guest.o"), Path(tmp, "guest.bin")
-        for cmd in (["as", "--32", "-o", str(obj), str(source)],
+        for cmd in (["as", "--64", "-o", str(obj), str(source)],
                     ["objcopy", "-O", "binary", "-j", ".text", str(obj), str(binary)]):
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:

@@ -1,44 +1,46 @@
 /*
- * privmem trace player: 32-bit protected-mode guest, no paging, no firmware.
- * Assembled with `python -m privmem.vmm.guest.assemble` (GNU as --32 + objcopy -O binary).
- * Loaded at CODE_GPA (vmm/layout.py; LOAD_ADDR below): ops are dispatched through a jump
- * table of absolute addresses computed as `label - _start + LOAD_ADDR` (no relocations);
- * every other branch is relative.
+ * privmem trace player: 64-bit long-mode guest, identity-paged, no firmware.
+ * Assembled with `python -m privmem.vmm.guest.assemble` (GNU as --64 + objcopy -O binary).
  *
- * Every guest instruction counts: on the project's host (nested kvm_pvm) this guest is
- * emulated at ~0.6-1.7 us per instruction, and guest work drowns the costs the machine
- * measures (conversions, discards, re-faults).  So the VMM does what it can when it encodes
- * the ops (vmm/program.py): the address through the op's view, the pattern replicated into a
- * dword, the PSC operation bits, a separate kind for one-page conversions and for exact
- * (full) data checks; the player only moves them.
+ * The player lives in the firmware region (vmm/firmware.py), a memslot of its own outside
+ * guest RAM, with its page tables, a stack, a comm page and an op ring per vCPU; so a trace
+ * owns every page of RAM, page 0 included.  The code is position independent: the VMM
+ * relocates the dispatch table (offsets from _start, below) to absolute addresses when it
+ * loads the player, and points the table's data-check kinds at the routines the machine's
+ * data_check asks for, so records do not depend on the machine they run on.
  *
- * WRITE and VERIFY are SAMPLED by default: per 4 KiB page, 8 bytes at offset 0 and 8 bytes at
- * offset 4088 (two dword pairs).  That tells a page holding the pattern from a page that was
- * discarded (reads zero) or holds another pattern, at 7 (write) or 11 (verify) instructions a
- * page instead of 1024 dword operations.  K_WRITE_FULL / K_VERIFY_FULL (Machine
- * data_check="full") touch every byte.  TOUCH is one byte read per page.  The device side
- * (DMA_IN / DMA_OUT) is done by the VMM on the host, byte-exact (DMA_OUT over the sample's
- * bytes in sampled mode: the only bytes a sampled WRITE defines).
+ * Virtual addresses (set up by the VMM's page tables, vmm/paging.py):
+ *   private view of RAM page P:  P                      (identity)
+ *   shared view of RAM page P:   0xffff800000000000 + P  -> GPA P | shared bit
+ *   firmware region:             just below 1 << 47     -> just below the shared bit
  *
- * Entry state (set by the VMM through KVM_SET_REGS/KVM_SET_SREGS, flat 4 GiB segments):
- *   esi = first op (16-byte records, in the SHARED view of the reserved region)
- *   ebx = this vCPU's comm page (SHARED view): PSC request, status word, mailbox, params
- *   ebp = shared bit (not needed: records carry view-resolved addresses; used as scratch)
- *   esp = top of this vCPU's private stack
- * esi and ebx are preserved for the whole run.
+ * Every guest instruction counts: on the project's host (nested kvm_pvm) the guest is
+ * emulated at ~1 us per instruction, and guest work drowns the costs the machine measures
+ * (conversions, discards, re-faults).  So the VMM does what it can when it encodes the ops
+ * (vmm/program.py): the address through the op's view, the end address, the pattern
+ * replicated into a qword, the whole PSC entry of a one-page conversion; the player only
+ * moves them.  Device ops hand the VMM the record itself (its address in the mailbox).
  *
- * Op record: +0 u8 kind, +1 u8 flags, +2 u8 pattern, +3 u8 0, +4 u32 addr, +8 u32 size, +12 u32 arg
- *   addr: guest address (write/verify/touch: through the op's view, i.e. gpa | shared bit for
- *         the shared view; convert/dma: the gpa)
- *   arg:  write/verify: pattern byte * 0x01010101; convert: PSC operation bits (entry high
- *         dword); exits: the number of OUTs
+ * WRITE and VERIFY are SAMPLED: per 4 KiB page, the qword at offset 0 and the qword at
+ * offset 4088.  That tells a page holding the pattern from a page that was discarded (reads
+ * zero) or holds another pattern.  The _FULL routines (data_check "full") touch every byte.
+ * TOUCH reads one byte per page.
+ *
+ * Entry state (KVM_SET_REGS / KVM_SET_SREGS: long mode, paging on):
+ *   rsi = first record of this vCPU's op ring       rbx = this vCPU's comm page
+ *   rsp = top of this vCPU's stack
+ * rsi, rbx and r15 (the dispatch table) are kept for the whole run.
+ *
+ * Record (32 bytes): +0 u8 kind, +1 u8 flags, +2 u8 pattern, +3 u8 0, +4 u32 count (exits),
+ *   +8 u64 addr (through the op's view; the gpa for convert and device ops; refill: the next
+ *   record), +16 u64 end (addr + size), +24 u64 arg (write/verify: the pattern qword;
+ *   convert: the PSC operation bits; one-page convert: the whole PSC entry).
  */
-        .code32
+        .code64
         .text
         .globl _start
 
-        .equ LOAD_ADDR, 0x1000
-        .equ OP_SIZE, 16
+        .equ OP_SIZE, 32
         .equ K_END, 0
         .equ K_CONVERT, 1
         .equ K_WRITE, 2
@@ -50,7 +52,9 @@
         .equ K_CONVERT_PAGE, 8
         .equ K_WRITE_FULL, 9
         .equ K_VERIFY_FULL, 10
-        .equ K_COUNT, 11
+        .equ K_REFILL, 11
+        .equ K_DELAY, 12
+        .equ K_COUNT, 13
 
         .equ PORT_DONE, 0xe0
         .equ PORT_PSC, 0xe1
@@ -58,216 +62,204 @@
         .equ PORT_DMA_OUT, 0xe3
         .equ PORT_VERIFY_FAIL, 0xe4
         .equ PORT_NOP, 0xe5
+        .equ PORT_REFILL, 0xe6
+        .equ PORT_DELAY, 0xe7
 
         .equ PSC_HEADER, 0
         .equ PSC_ENTRIES, 8
         .equ PSC_MAX_ENTRIES, 253
         .equ PSC_STATUS, 2032
         .equ PSC_STATUS_RETRY, 2
-        .equ PSC_SIZE_2M, 1 << 24             /* pagesize, bit 56, as seen in the high dword */
-        .equ MB_GPA, 0x800
-        .equ MB_SIZE, 0x804
-        .equ MB_PATTERN, 0x808
-        .equ MB_ACTUAL, 0x80c
-        .equ MB_COUNT, 0x810
-        .equ PARAM_VCPU, 0xf04
+        .equ PSC_SIZE_2M_BIT, 56
+        .equ MB_RECORD, 0x800
+        .equ MB_ADDRESS, 0x808
+        .equ MB_ACTUAL, 0x810
+        .equ MB_COUNT, 0x818
+        .equ PARAM_VCPU, 0xf00
 
         .equ SAMPLE_LAST, 4088                /* the second sampled qword of a page */
 
 /* next record, dispatched through the table: 3 instructions between ops */
         .macro NEXT
-        addl $OP_SIZE, %esi
-        movzbl (%esi), %eax
-        jmp *(dispatch - _start + LOAD_ADDR)(,%eax,4)
+        addq $OP_SIZE, %rsi
+        movzbl (%rsi), %eax
+        jmp *(%r15,%rax,8)
         .endm
 
 _start:
         cld
-        movzbl (%esi), %eax
-        jmp *(dispatch - _start + LOAD_ADDR)(,%eax,4)
+        leaq dispatch(%rip), %r15
+        movzbl (%rsi), %eax
+        jmp *(%r15,%rax,8)
 
 op_end:                                 /* K_END and anything unknown */
-        movl PARAM_VCPU(%ebx), %eax
+        movl PARAM_VCPU(%rbx), %eax
         outl %eax, $PORT_DONE
         hlt
         jmp op_end
 
+/* The ring's segment is used up: the VMM refills it while the guest moves to the next one,
+ * whose address the record holds (read before the exit, which rewrites this segment). */
+op_refill:
+        movq 8(%rsi), %rdi
+        outb %al, $PORT_REFILL
+        movq %rdi, %rsi
+        movzbl (%rsi), %eax
+        jmp *(%r15,%rax,8)
+
 /* One 4 KiB page: a one-entry PSC request.  The VMM writes the status word on every PSC
  * exit (0 ok, 1 invalid: counted by the VMM, go on; 2 retry: ring again). */
 op_convert_page:
-        movl 4(%esi), %eax
-        movl %eax, PSC_ENTRIES(%ebx)            /* gfn << 12, cur_page 0 */
-        movl 12(%esi), %eax
-        movl %eax, PSC_ENTRIES+4(%ebx)          /* operation, 4 KiB */
-        movl $0, PSC_HEADER(%ebx)               /* cur_entry 0, end_entry 0 */
-        movl $0, PSC_HEADER+4(%ebx)             /* reserved */
+        movq 24(%rsi), %rax
+        movq %rax, PSC_ENTRIES(%rbx)            /* gfn << 12 | operation << 52, cur_page 0 */
+        movq $0, PSC_HEADER(%rbx)               /* cur_entry 0, end_entry 0, reserved 0 */
 1:      outb %al, $PORT_PSC
-        cmpl $PSC_STATUS_RETRY, PSC_STATUS(%ebx)
+        cmpl $PSC_STATUS_RETRY, PSC_STATUS(%rbx)
         je 2f
         NEXT
 2:      pause
         jmp 1b
 
-/* Page-state change of [gpa, gpa + size): batches of up to 253 entries, 2 MiB entries
- * where the address is 2 MiB aligned and a whole 2 MiB remains, else 4 KiB entries. */
+/* Page-state change of [addr, end): batches of up to 253 entries, 2 MiB entries where the
+ * address is 2 MiB aligned and a whole 2 MiB remains, else 4 KiB entries. */
 op_convert:
-        movl 4(%esi), %edi              /* cursor */
-        movl 8(%esi), %edx
-        addl %edi, %edx                 /* end */
+        movq 8(%rsi), %rdi              /* cursor */
+        movq 16(%rsi), %rdx             /* end */
+        movq 24(%rsi), %r8              /* operation << 52 */
 psc_batch:
         xorl %ecx, %ecx                 /* entries in this request */
 psc_fill:
-        movl %edi, PSC_ENTRIES(%ebx,%ecx,8)     /* gfn << 12, cur_page 0 */
-        movl 12(%esi), %eax                     /* operation */
+        movq %rdi, %rax
+        orq %r8, %rax
         testl $0x1fffff, %edi
         jnz 1f
-        leal 0x200000(%edi), %ebp
-        cmpl %edx, %ebp
+        leaq 0x200000(%rdi), %rbp
+        cmpq %rdx, %rbp
         ja 1f
-        orl $PSC_SIZE_2M, %eax
-        movl %ebp, %edi
+        btsq $PSC_SIZE_2M_BIT, %rax
+        movq %rbp, %rdi
         jmp 2f
-1:      addl $0x1000, %edi
-2:      movl %eax, PSC_ENTRIES+4(%ebx,%ecx,8)
+1:      addq $0x1000, %rdi
+2:      movq %rax, PSC_ENTRIES(%rbx,%rcx,8)
         incl %ecx
-        cmpl %edx, %edi
+        cmpq %rdx, %rdi
         jae psc_send
         cmpl $PSC_MAX_ENTRIES, %ecx
         jb psc_fill
 psc_send:
         decl %ecx                       /* end_entry = index of the last entry */
-        shll $16, %ecx                  /* cur_entry = 0 in the low half */
-        movl %ecx, PSC_HEADER(%ebx)
-        movl $0, PSC_HEADER+4(%ebx)
+        shll $16, %ecx                  /* cur_entry 0 below it, reserved 0 above */
+        movq %rcx, PSC_HEADER(%rbx)
 psc_ring:
         outb %al, $PORT_PSC
-        cmpl $PSC_STATUS_RETRY, PSC_STATUS(%ebx)
+        cmpl $PSC_STATUS_RETRY, PSC_STATUS(%rbx)
         je psc_retry
-        cmpl %edx, %edi                 /* ok, or invalid (the VMM counted it): go on */
+        cmpq %rdx, %rdi                 /* ok, or invalid (the VMM counted it): go on */
         jb psc_batch
         NEXT
 psc_retry:
         pause
         jmp psc_ring
 
-/* Sampled write: the first and the last qword of every page.  The end address may wrap to
- * 0 (the top of a 2 GiB guest's shared view): the loops compare for equality. */
+/* Sampled write: the first and the last qword of every page. */
 op_write:
-        movl 4(%esi), %edi
-        movl 8(%esi), %ecx
-        movl 12(%esi), %eax
-        addl %edi, %ecx                 /* end */
-1:      movl %eax, (%edi)
-        movl %eax, 4(%edi)
-        movl %eax, SAMPLE_LAST(%edi)
-        movl %eax, SAMPLE_LAST+4(%edi)
-        addl $4096, %edi
-        cmpl %ecx, %edi
+        movq 8(%rsi), %rdi
+        movq 16(%rsi), %rcx
+        movq 24(%rsi), %rax
+1:      movq %rax, (%rdi)
+        movq %rax, SAMPLE_LAST(%rdi)
+        addq $4096, %rdi
+        cmpq %rcx, %rdi
         jne 1b
         NEXT
 
 /* Sampled verify; on the first differing sample, the slow path counts the differing
  * samples from that page on and reports the first one. */
 op_verify:
-        movl 4(%esi), %edi
-        movl 8(%esi), %ecx
-        movl 12(%esi), %eax
-        addl %edi, %ecx                 /* end */
-1:      cmpl %eax, (%edi)
+        movq 8(%rsi), %rdi
+        movq 16(%rsi), %rcx
+        movq 24(%rsi), %rax
+1:      cmpq %rax, (%rdi)
         jne verify_sampled_slow
-        cmpl %eax, 4(%edi)
+        cmpq %rax, SAMPLE_LAST(%rdi)
         jne verify_sampled_slow
-        cmpl %eax, SAMPLE_LAST(%edi)
-        jne verify_sampled_slow
-        cmpl %eax, SAMPLE_LAST+4(%edi)
-        jne verify_sampled_slow
-        addl $4096, %edi
-        cmpl %ecx, %edi
+        addq $4096, %rdi
+        cmpq %rcx, %rdi
         jne 1b
         NEXT
 
 verify_sampled_slow:
         xorl %edx, %edx                 /* differing samples */
-1:      call verify_dword
-        addl $4, %edi
-        call verify_dword
-        addl $SAMPLE_LAST-4, %edi
-        call verify_dword
-        addl $4, %edi
-        call verify_dword
-        addl $4, %edi                   /* next page */
-        cmpl %ecx, %edi
+1:      call verify_qword
+        addq $SAMPLE_LAST, %rdi
+        call verify_qword
+        addq $4096 - SAMPLE_LAST, %rdi  /* next page */
+        cmpq %rcx, %rdi
         jne 1b
         jmp verify_end
 
-/* compare the dword at edi with eax; count a difference in edx, record the first */
-verify_dword:
-        cmpl %eax, (%edi)
+/* compare the qword at rdi with rax; count a difference in rdx, record the first */
+verify_qword:
+        cmpq %rax, (%rdi)
         je 1f
-        incl %edx
-        cmpl $1, %edx
+        incq %rdx
+        cmpq $1, %rdx
         jne 1f
-        movl %edi, MB_GPA(%ebx)
-        movl (%edi), %ebp
-        movl %ebp, MB_ACTUAL(%ebx)
+        movq %rdi, MB_ADDRESS(%rbx)
+        movq (%rdi), %rbp
+        movq %rbp, MB_ACTUAL(%rbx)
 1:      ret
 
 op_write_full:
-        movl 4(%esi), %edi
-        movl 8(%esi), %ecx
-        movl 12(%esi), %eax
-        shrl $2, %ecx
-        rep stosl
+        movq 8(%rsi), %rdi
+        movq 16(%rsi), %rcx
+        movq 24(%rsi), %rax
+        subq %rdi, %rcx
+        shrq $3, %rcx
+        rep stosq
         NEXT
 
 op_verify_full:
-        movl 4(%esi), %edi
-        movl 8(%esi), %ecx
-        movl 12(%esi), %eax
-        shrl $2, %ecx
-        xorl %edx, %edx                 /* mismatching dwords */
+        movq 8(%rsi), %rdi
+        movq 16(%rsi), %rcx
+        movq 24(%rsi), %rax
+        subq %rdi, %rcx
+        shrq $3, %rcx
+        xorl %edx, %edx                 /* differing qwords */
 verify_loop:
-        jecxz verify_end
-        repe scasl
+        jrcxz verify_end
+        repe scasq
         je verify_end
-        incl %edx
-        cmpl $1, %edx
+        incq %rdx
+        cmpq $1, %rdx
         jne verify_loop
-        leal -4(%edi), %ebp             /* first mismatch: record address and contents */
-        movl %ebp, MB_GPA(%ebx)
-        movl -4(%edi), %ebp
-        movl %ebp, MB_ACTUAL(%ebx)
+        leaq -8(%rdi), %rbp             /* first difference: record address and contents */
+        movq %rbp, MB_ADDRESS(%rbx)
+        movq -8(%rdi), %rbp
+        movq %rbp, MB_ACTUAL(%rbx)
         jmp verify_loop
 verify_end:
-        testl %edx, %edx
+        testq %rdx, %rdx
         jnz verify_report
         NEXT
 verify_report:
-        movl %edx, MB_COUNT(%ebx)
-        movl %eax, MB_PATTERN(%ebx)
-        movl 8(%esi), %ecx
-        movl %ecx, MB_SIZE(%ebx)
+        movq %rdx, MB_COUNT(%rbx)
+        movq %rsi, MB_RECORD(%rbx)
         outb %al, $PORT_VERIFY_FAIL
         NEXT
 
 op_touch:
-        movl 4(%esi), %edi
-        movl 8(%esi), %ecx
-        addl %edi, %ecx                 /* end */
-1:      movb (%edi), %al
-        addl $4096, %edi
-        cmpl %ecx, %edi
+        movq 8(%rsi), %rdi
+        movq 16(%rsi), %rcx
+1:      movb (%rdi), %al
+        addq $4096, %rdi
+        cmpq %rcx, %rdi
         jne 1b
         NEXT
 
-/* device work: the VMM reads the mailbox (gpa, size, pattern) on the exit */
+/* device work and delays: the VMM reads the record whose address is in the mailbox */
 .macro DEVICE_REQUEST port
-        movl 4(%esi), %eax
-        movl %eax, MB_GPA(%ebx)
-        movl 8(%esi), %eax
-        movl %eax, MB_SIZE(%ebx)
-        movzbl 2(%esi), %eax
-        movl %eax, MB_PATTERN(%ebx)
+        movq %rsi, MB_RECORD(%rbx)
         outb %al, $\port
         NEXT
 .endm
@@ -278,26 +270,32 @@ op_dma_in:
 op_dma_out:
         DEVICE_REQUEST PORT_DMA_OUT
 
-/* the exit round-trip benchmark: arg OUTs to the no-op port */
+op_delay:
+        DEVICE_REQUEST PORT_DELAY
+
+/* the exit round-trip benchmark: count OUTs to the no-op port */
 op_exits:
-        movl 12(%esi), %ecx
+        movl 4(%rsi), %ecx
         jecxz 2f
 1:      outb %al, $PORT_NOP
         decl %ecx
         jnz 1b
 2:      NEXT
 
-        .p2align 2
-dispatch:                               /* indexed by the kind byte; unknown kinds end */
-        .long op_end - _start + LOAD_ADDR               /* K_END */
-        .long op_convert - _start + LOAD_ADDR           /* K_CONVERT */
-        .long op_write - _start + LOAD_ADDR             /* K_WRITE */
-        .long op_verify - _start + LOAD_ADDR            /* K_VERIFY */
-        .long op_touch - _start + LOAD_ADDR             /* K_TOUCH */
-        .long op_dma_in - _start + LOAD_ADDR            /* K_DMA_IN */
-        .long op_dma_out - _start + LOAD_ADDR           /* K_DMA_OUT */
-        .long op_exits - _start + LOAD_ADDR             /* K_EXITS */
-        .long op_convert_page - _start + LOAD_ADDR      /* K_CONVERT_PAGE */
-        .long op_write_full - _start + LOAD_ADDR        /* K_WRITE_FULL */
-        .long op_verify_full - _start + LOAD_ADDR       /* K_VERIFY_FULL */
-        .fill 256 - K_COUNT, 4, op_end - _start + LOAD_ADDR
+        .p2align 3
+dispatch:                               /* offsets from _start, relocated by the VMM */
+        .quad op_end - _start                   /* K_END */
+        .quad op_convert - _start               /* K_CONVERT */
+        .quad op_write - _start                 /* K_WRITE (K_WRITE_FULL under data_check "full") */
+        .quad op_verify - _start                /* K_VERIFY (K_VERIFY_FULL under "full") */
+        .quad op_touch - _start                 /* K_TOUCH */
+        .quad op_dma_in - _start                /* K_DMA_IN */
+        .quad op_dma_out - _start               /* K_DMA_OUT */
+        .quad op_exits - _start                 /* K_EXITS */
+        .quad op_convert_page - _start          /* K_CONVERT_PAGE */
+        .quad op_write_full - _start            /* K_WRITE_FULL */
+        .quad op_verify_full - _start           /* K_VERIFY_FULL */
+        .quad op_refill - _start                /* K_REFILL */
+        .quad op_delay - _start                 /* K_DELAY */
+        .fill 256 - K_COUNT, 8, op_end - _start /* unknown kinds end */
+dispatch_end:
