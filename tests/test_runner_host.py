@@ -6,13 +6,13 @@ from privmem import AccessDenied, InvalidArgument
 from privmem.runner import run_trace
 from privmem.vmm.host import HostMachine
 from privmem import ops
-from privmem.workload import generate
+from privmem.workload import WORKLOADS, generate
 
 MEMORY = 64 << 20
 POLICIES = ["never", "eager", "keep-shared", "lazy", "adaptive"]
 
 
-@pytest.mark.parametrize("workload", ["boot", "ovmf-dma", "swiotlb", "accept", "coherent", "random"])
+@pytest.mark.parametrize("workload", sorted(WORKLOADS))
 @pytest.mark.parametrize("policy", POLICIES)
 def test_every_workload_runs_clean_under_every_policy(workload, policy):
     trace = generate(workload, memory=MEMORY, vcpus=2, scale=0.05)

@@ -43,9 +43,18 @@ def traces():
             for name in WORKLOADS for memory, vcpus in CASES}
 
 
+def test_scatter_reaches_the_first_and_the_last_page_of_a_terabyte():
+    trace = generate("scatter", 1 << 40, 2, layout="q35")
+    gpas = {op.gpa for op in trace.ops}
+    assert 0 in gpas and trace.memory_map.top - PAGE_SIZE in gpas
+    small = generate("scatter", 64 * MiB, 2)
+    check_trace(small)
+    assert summary(small)["conversions"] == 2 * 512
+
+
 def test_catalogue():
-    assert DEFAULT_WORKLOAD == "boot" and set(WORKLOADS) == {"boot", "ovmf-dma", "swiotlb", "accept",
-                                                             "coherent", "random"}
+    assert DEFAULT_WORKLOAD == "boot" and set(WORKLOADS) >= {"boot", "ovmf-dma", "swiotlb", "accept",
+                                                             "coherent", "random", "scatter"}
     assert all(isinstance(text, str) and text for text in WORKLOADS.values())
     assert generate().name == "boot" and generate().memory == GiB
 
@@ -235,7 +244,7 @@ def test_scale_multiplies():
 @pytest.mark.parametrize("name", WORKLOADS)
 def test_too_small_memory(name):
     with pytest.raises(InvalidArgument) as info:
-        generate(name, 2 * MiB, 2)
+        generate(name, PAGE_SIZE, 2)
     assert info.value.field == "memory" and "needs at least" in str(info.value)
     needed = int(str(info.value).split("needs at least ")[1].split()[0], 16)
     generate(name, max(needed, 32 * MiB) if name == "boot" else needed, 2, scale=0.05)

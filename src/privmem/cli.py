@@ -116,6 +116,20 @@ def cmd_bench_store(args) -> int:
     return 0
 
 
+def cmd_bench_parse(args) -> int:
+    from .bench import parse
+
+    _report(_console(), parse, parse.run(scale=args.scale), args.json_out)
+    return 0
+
+
+def cmd_bench_player(args) -> int:
+    from .bench import player
+
+    _report(_console(), player, player.run(), args.json_out)
+    return 0
+
+
 def cmd_bench_flipflop(args) -> int:
     from .bench import flipflop
 
@@ -127,15 +141,19 @@ def cmd_bench_flipflop(args) -> int:
 # -- run, trace, info -------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from .runner import run_trace
-    from .workload import generate, read_trace
+    from .runner import compile_trace, open_trace, run_program
+    from .workload import generate
 
     if args.trace:
-        trace = read_trace(args.trace)
+        program, name, warnings = open_trace(args.trace, args.timing)
+        for warning in warnings:
+            print(f"privmem: {args.trace}: {warning}", file=sys.stderr)
     else:
         trace = generate(args.workload or "boot", memory=args.memory or (1 << 30), vcpus=args.vcpus or 1,
                          seed=args.seed, scale=args.scale or 1.0, layout=args.layout)
-    result = run_trace(trace, args.policy, args.backend, tracking=args.tracking, timing=args.timing)
+        program, name = compile_trace(trace, args.timing), trace.name
+    with program:
+        result = run_program(program, name, args.policy, args.backend, tracking=args.tracking)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:
@@ -164,7 +182,8 @@ def cmd_trace_import(args) -> int:
 def cmd_trace_generate(args) -> int:
     from .workload import generate, write_trace
 
-    trace = generate(args.workload, memory=args.memory, vcpus=args.vcpus, seed=args.seed, scale=args.scale)
+    trace = generate(args.workload, memory=args.memory, vcpus=args.vcpus, seed=args.seed, scale=args.scale,
+                     layout=args.layout)
     write_trace(trace, args.output)
     print(f"{len(trace.ops):,} ops written to {args.output}")
     return 0
@@ -223,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     flip.add_argument("--flips", type=_positive_int("flips"), default=10_000, help="round trips (default 10,000)")
     flip.add_argument("--json-out", default="privmem-bench-flipflop.json")
     flip.set_defaults(handler=cmd_bench_flipflop)
+    parse = kinds.add_parser("parse", help="trace parsing rate: msgspec (the reader) vs the standard library")
+    parse.add_argument("--scale", type=float, default=5.0, help="size of the random trace parsed (default 5: 50k ops)")
+    parse.add_argument("--json-out", default="privmem-bench-parse.json")
+    parse.set_defaults(handler=cmd_bench_parse)
+    player = kinds.add_parser("player", help="guest instructions per op in the trace player (kvm)")
+    player.add_argument("--json-out", default="privmem-bench-player.json")
+    player.set_defaults(handler=cmd_bench_player)
 
     run = commands.add_parser("run", help="one workload or trace under one policy")
     source = run.add_mutually_exclusive_group()
@@ -258,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--vcpus", type=_positive_int("vcpus"), default=1)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--scale", type=float, default=1.0)
+    gen.add_argument("--layout", type=_choice("layout", LAYOUTS), help="guest memory layout (default flat)")
     gen.set_defaults(handler=cmd_trace_generate)
 
     soak = commands.add_parser("soak", help="random conversions and DMA across vCPUs, verified at the end")

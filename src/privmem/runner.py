@@ -173,6 +173,21 @@ def run_program(program: Program, name: str, policy: str = "never", backend: str
             peak_rss_bytes=peak_rss_bytes(), timeline=sampler.timeline)
 
 
+def open_trace(path, timing: str = "none") -> tuple[Program, str, list[str]]:
+    """Compile a trace file line by line (bounded memory whatever its length): the program,
+    the trace's name, and the reader's warnings (e.g. no end marker)."""
+    from .workload.trace import TraceReader
+
+    with TraceReader(path) as reader:
+        program = Program(reader.memory_map, reader.vcpus, timing)
+        try:
+            program.extend(reader)
+        except BaseException:
+            program.close()
+            raise
+        return program, reader.name, reader.warnings
+
+
 def run_trace(trace: Trace, policy: str = "never", backend: str | None = None, tracking: str = "store",
               sample_interval: float = SAMPLE_INTERVAL, timing: str = "none") -> RunResult:
     """Compile and run ``trace`` on a fresh machine."""

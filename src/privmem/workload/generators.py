@@ -56,6 +56,7 @@ SWIOTLB_MAPPINGS = 4096              # streaming DMA mappings for scale 1
 COHERENT_WINDOW = 4 * MiB
 COHERENT_ALLOCATIONS = 512
 RANDOM_OPS = 10000
+SCATTER_PAGES = 512                  # pages per scale unit
 RANDOM_OWN_WINDOW = 1 * MiB
 RANDOM_SHARED_WINDOW = 8 * MiB
 BOOT_ACCEPT_FRACTION = 0.25          # share of the unaccepted half a booted kernel accepts
@@ -77,6 +78,8 @@ WORKLOADS = {
                 "private later, some (virtqueues) never",
     "random": "seeded stress: overlapping conversions from all vCPUs in one shared window, plus random "
               "conversions and data ops in per-vCPU windows",
+    "scatter": "big-guest check: pages scattered over all of RAM (the first and the last page included) "
+               "converted to shared, DMA'd and verified, then back to private, written and verified",
 }
 
 Step = list  # a list of Ops kept together when streams are merged
@@ -488,6 +491,34 @@ def _random(memory, vcpus, seed, scale, reserved):
             for v, n in enumerate(_split(total, vcpus))]
 
 
+def _scatter_steps(rng: random.Random, pages: list[int], vcpu: int) -> list[Step]:
+    """One vCPU's pages: to shared, the device writes, the guest checks; back to private, the
+    guest writes; every private page checked at the end."""
+    steps: list[Step] = []
+    written = []
+    for page in pages:
+        gpa, shared, private = page * PAGE_SIZE, _pattern(rng), _pattern(rng)
+        steps.append([convert(gpa, PAGE_SIZE, "shared", vcpu), dma_in(gpa, PAGE_SIZE, shared, vcpu),
+                      verify(gpa, PAGE_SIZE, "shared", shared, vcpu), dma_out(gpa, PAGE_SIZE, shared, vcpu),
+                      convert(gpa, PAGE_SIZE, "private", vcpu), write(gpa, PAGE_SIZE, "private", private, vcpu)])
+        written.append((gpa, private))
+    steps.append([verify(gpa, PAGE_SIZE, "private", pattern, vcpu) for gpa, pattern in written])
+    return steps
+
+
+def _scatter(memory, vcpus, seed, scale, reserved):
+    first, last = -(-reserved // PAGE_SIZE), memory // PAGE_SIZE - 1
+    count = min(last - first + 1, max(2 * vcpus, round(SCATTER_PAGES * scale)))
+    if last - first + 1 < 2 * vcpus:
+        raise _too_small("scatter", memory, vcpus, reserved, reserved + 2 * vcpus * PAGE_SIZE)
+    rng = _rng("scatter", seed)
+    chosen = {first, last}
+    while len(chosen) < count:
+        chosen.add(rng.randint(first, last))
+    pages = sorted(chosen)
+    return [_scatter_steps(_rng("scatter", seed, v), pages[v::vcpus], v) for v in range(vcpus)]
+
+
 def boot_layout(memory: int, vcpus: int, reserved: int = RESERVED) -> dict:
     """Where the ``boot`` phases live: {"firmware", "coherent", "swiotlb", "accept"} ->
     (gpa, size) (coherent/swiotlb/accept as a list of per-vCPU parts)."""
@@ -538,6 +569,7 @@ _BUILDERS: dict[str, Callable] = {
     "accept": _accept,
     "coherent": _coherent,
     "random": _random,
+    "scatter": _scatter,
 }
 
 

@@ -69,6 +69,8 @@ OP_KEYS = ("op", "gpa", "size", "vcpu") + OPTIONAL_FIELDS + ("t",)
 END_KEY = "privmem_trace_end"
 MAX_LINE_BYTES = 64 * 1024        # an op line is ~100 bytes; a header with many regions a few KiB
 MAX_REGIONS = 64
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _HEX_RE = re.compile(r"^0[xX][0-9a-fA-F]{1,16}$")
 _COMPRESSED = ((b"\x1f\x8b", "gzip", lambda raw: gzip.GzipFile(fileobj=raw)), (b"BZh", "bzip2", bz2.BZ2File),
                (b"\xfd7zXZ\x00", "xz", lzma.LZMAFile))
@@ -479,6 +481,7 @@ class TraceWriter:
         else:
             directory = os.path.dirname(os.path.abspath(self._path))
             fd, self._tmp = tempfile.mkstemp(prefix=".privmem-trace-", suffix=".tmp", dir=directory)
+            os.fchmod(fd, 0o666 & ~_UMASK)          # mkstemp makes 0600; a trace is an ordinary file
             self._out = os.fdopen(fd, "w", encoding="utf-8")
         self._out.write(json.dumps(header_dict(name, memory_map, vcpus)) + "\n")
 
