@@ -52,12 +52,16 @@ def test_trace_import_from_a_qemu_log(tmp_path, capsys):
 @pytest.mark.parametrize("source, data, ops", [("qemu-log", "qemu-q35-16g-none.log", 10),
                                                ("trace-cmd", "trace-cmd-q35-8g.txt", 10),
                                                ("perf-script", "perf-script-q35-8g.txt", 9)])
-def test_trace_import_every_source(source, data, ops, tmp_path, capsys):
+def test_trace_import_every_source_then_stats(source, data, ops, tmp_path, capsys):
     out = tmp_path / "t.jsonl"
     status = main(["trace", "import", "--from", source, str(DATA / data), "-o", str(out)])
     assert status == (0 if source == "perf-script" else 3)         # a hole, a dropped-events mark, clean
     text = capsys.readouterr().out
     assert f"-> {ops} conversions" in text and "layout: q35" in text and f"written: {out} ({ops} ops)" in text
+    assert main(["trace", "stats", str(out)]) == 0
+    assert f"conversions: {ops}:" in capsys.readouterr().out
+    assert main(["trace", "stats", str(out), "--json", "--flip-ms", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["flip_flop"]["window_ms"] == 1
 
 
 @pytest.mark.parametrize("backend", ["host", pytest.param("kvm", marks=pytest.mark.kvm)])

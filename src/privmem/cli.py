@@ -176,6 +176,14 @@ def cmd_trace_import(args) -> int:
     return IMPORT_LOST if report.lost else IMPORT_CLEAN
 
 
+def cmd_trace_stats(args) -> int:
+    from .workload.stats import trace_stats
+
+    stats = trace_stats(args.file, flip_ms=args.flip_ms)
+    print(json.dumps(stats.as_dict(), indent=2) if args.json else "\n".join(stats.format()))
+    return 0
+
+
 def cmd_trace_generate(args) -> int:
     from .workload import generate, write_trace
 
@@ -208,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .memmap import LAYOUTS
     from .runner import BACKENDS, TRACKINGS
     from .workload import IMPORTERS, WORKLOADS
+    from .workload.stats import DEFAULT_FLIP_MS
 
     parser = argparse.ArgumentParser(prog="privmem", description="fd-based private memory for confidential "
                                      "VMs on KVM: conversion tracking, discard policies, benchmarks")
@@ -251,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=cmd_run)
 
-    trace = commands.add_parser("trace", help="make or import traces")
+    trace = commands.add_parser("trace", help="make, import or inspect traces")
     trace_kinds = trace.add_subparsers(dest="trace_kind", required=True)
     imp = trace_kinds.add_parser("import", help="convert a recording (QEMU log, trace-cmd report, perf script) "
                                  "into a privmem trace", epilog=IMPORT_EXIT_CODES,
@@ -273,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop at the first line that would lose something (default: report it and go on)")
     imp.add_argument("--json", action="store_true", help="print the summary as JSON (default: text)")
     imp.set_defaults(handler=cmd_trace_import)
+    stats = trace_kinds.add_parser("stats", help="what a trace does: conversions, flip-flops, sizes, layout, vCPUs")
+    stats.add_argument("file", metavar="FILE", help="a privmem trace v1 file")
+    stats.add_argument("--flip-ms", type=float, metavar="N", default=DEFAULT_FLIP_MS,
+                       help="a page converted back within N ms counts as a flip-flop (default: %(default)g, "
+                            "the lazy policy's max age); needs event times")
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON (default: text)")
+    stats.set_defaults(handler=cmd_trace_stats)
     gen = trace_kinds.add_parser("generate", help="write a generated workload as a trace file")
     gen.add_argument("workload", type=_choice("workload", WORKLOADS))
     gen.add_argument("-o", "--output", required=True)

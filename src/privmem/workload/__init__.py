@@ -5,10 +5,12 @@ from .generators import DEFAULT_WORKLOAD, RESERVED, WORKLOADS, generate, swiotlb
 from .model import ModelResult, check_trace, summary
 from ..ops import KINDS, VIEWS, Op, Trace
 from .importers import IMPORTERS, ImportReport, import_file, import_qemu_log, import_trace
+from .stats import TraceStats, trace_stats
 from .trace import FORMAT_VERSION, TraceReader, dumps_trace, loads_trace, read_trace, write_trace
 
 __all__ = [
     "DEFAULT_WORKLOAD", "FORMAT_VERSION", "IMPORTERS", "ImportReport", "KINDS", "ModelResult", "Op", "RESERVED",
-    "Trace", "TraceReader", "VIEWS", "WORKLOADS", "check_trace", "dumps_trace", "generate",
-    "import_file", "import_qemu_log", "import_trace", "loads_trace", "read_trace", "summary", "swiotlb_size", "write_trace",
+    "Trace", "TraceReader", "TraceStats", "VIEWS", "WORKLOADS", "check_trace", "dumps_trace", "generate",
+    "import_file", "import_qemu_log", "import_trace", "loads_trace", "read_trace", "summary", "swiotlb_size",
+    "trace_stats", "write_trace",
 ]
