@@ -69,7 +69,7 @@ def test_trace_cmd_line_layouts():
     assert trace_cmd_line(f"  <...>-7  [000]  123456789: {event}").stamp_ns is None        # a counter clock
     assert trace_cmd_line("CPU:3 [EVENTS DROPPED]") == Dropped(None, "CPU 3")
     assert trace_cmd_line("cpus=8") == Skipped("trace-cmd report header")
-    assert trace_cmd_line("some banner") == Skipped("not a trace-cmd event line")
+    assert trace_cmd_line("some banner") == Skipped("not a trace-cmd report event line")
     with pytest.raises(Malformed, match="not a trace-cmd report event line"):
         trace_cmd_line(f"kvm_vm_set_mem_attributes cut short {event}")
 
@@ -131,7 +131,7 @@ def test_perf_script_line_layouts():
     assert perf_line(f"   fc_vcpu 0  599499 512.104010: kvm:kvm_set_vm_mem_attributes: {info}").thread == \
         Thread(599499, "fc_vcpu 0", None)                              # no [cpu]: a per-process recording
     assert perf_line("   perf  1234 [002]  1.0: PERF_RECORD_LOST lost 7") == Dropped(7, "CPU 002")
-    assert perf_line("PERF_RECORD_LOST lost 3") == Dropped(3, "perf buffer")
+    assert perf_line("PERF_RECORD_LOST lost 3") == Dropped(3, "the ring buffer")
     with pytest.raises(Malformed, match="not a perf script event line"):
         perf_line(f"kvm:kvm_vm_set_mem_attributes: {info}")
 
@@ -159,8 +159,8 @@ def test_dedup_per_thread_and_windowed_without_threads():
 def test_threads_named_vcpus_win_and_others_go_to_vcpu_0():
     threads = ThreadMap()
     assert threads.index(None) == NO_THREAD
-    assert [threads.index(Thread(tid, comm, vcpu)) for tid, comm, vcpu in
-            [(1, "qemu-system-x86", None), (2, "CPU 0/KVM", 0), (3, "CPU 2/KVM", 2), (1, "renamed", None)]] == [0, 1, 2, 0]
+    seen = [(1, "qemu-system-x86", None), (2, "CPU 0/KVM", 0), (3, "CPU 2/KVM", 2), (1, "renamed", None)]
+    assert [threads.index(Thread(tid, comm, vcpu)) for tid, comm, vcpu in seen] == [0, 1, 2, 0]
     mapping, vcpus = threads.vcpus()
     assert mapping == [0, 0, 2] and vcpus == 3
     assert threads.vcpus(2) == ([0, 0, 0], 2)

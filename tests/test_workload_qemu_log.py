@@ -170,6 +170,14 @@ def test_outside_given_memory_is_reported_per_line():
         import_qemu_log(lines, layout="pc")
 
 
+def test_mmio_below_4g_does_not_stretch_an_inferred_guest():
+    lines = ["kvm_convert_memory start 0x3ff000 size 0x1000 private_to_shared",
+             "kvm_convert_memory start 0xfee00000 size 0x1000 private_to_shared"]       # the local APIC
+    trace, report = import_qemu_log(lines)
+    assert trace.memory == 4 * MiB and report.outside == 1 and report.problems[0][0] == 2
+    assert import_qemu_log(lines, memory=4 * GiB)[1].outside == 0                   # unless asked for
+
+
 def test_layout_given_without_memory_takes_the_least_ram_that_reaches():
     lines = ["kvm_convert_memory start 0x1fff000 size 0x1000 private_to_shared",
              "kvm_convert_memory start 0x13fe00000 size 0x200000 shared_to_private"]
@@ -180,8 +188,9 @@ def test_layout_given_without_memory_takes_the_least_ram_that_reaches():
 
 
 def test_not_an_event_name_prefix():
-    assert parse_line("my_kvm_convert_memory start 0x1000 size 0x1000 shared_to_private") == Skipped("other trace event")
-    assert parse_line("kvm_convert_memory_x start 0x1000") == Skipped("other trace event")
+    other = Skipped("other trace event")
+    assert parse_line("my_kvm_convert_memory start 0x1000 size 0x1000 shared_to_private") == other
+    assert parse_line("kvm_convert_memory_x start 0x1000") == other
     assert parse_line("x kvm_convert_memory start 0x1000 size 0x1000 shared_to_private") == \
         Conversion("kvm_convert_memory", 0x1000, 0x1000, True)
 

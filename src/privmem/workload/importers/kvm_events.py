@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 
 from ...ops import MAX_VCPUS
-from .events import LineResult, Malformed, Skipped, Thread, frame_range, hex_value, stamp_ns
+from .events import Dropped, LineResult, Malformed, Skipped, Thread, frame_range, hex_value, stamp_ns
 
 SET_ATTRIBUTES_EVENTS = ("kvm_vm_set_mem_attributes", "kvm_set_vm_mem_attributes")
 MSR_PROTOCOL_EVENT = "kvm_vmgexit_msr_protocol_enter"
@@ -98,21 +98,33 @@ def parse_payload(event: str, info: str, thread: Thread, stamp: int | None) -> L
     return Skipped("other event")
 
 
-def parse_event_line(text: str, line_re: re.Pattern, source: str) -> LineResult | None:
-    """A tracer's event line: ``line_re`` names the groups comm, pid, ts, event and info.
-    None when the line is not an event line; Malformed when it is not one but names a
-    conversion event (a line cut short, or another tool's layout)."""
-    match = line_re.match(text)
-    if match is None:
-        if _KNOWN_EVENT.search(text):
-            raise Malformed(f"names a KVM conversion event but is not a {source} event line")
-        return None
-    event = match.group("event").rpartition(":")[2]
-    timestamp = match.group("ts")
-    # A timestamp without a fraction is a raw clock counter (trace-cmd -C x86-tsc): no seconds.
-    stamp = stamp_ns(timestamp) if "." in timestamp else None
-    return parse_payload(event, match.group("info"), thread_of(int(match.group("pid")), match.group("comm").strip()),
-                         stamp)
+class TracerText:
+    """The text a host tracer prints for these tracepoints (``trace-cmd report``, ``perf
+    script``), described by its patterns: ``event_line`` (groups comm, pid, ts, event, info),
+    ``dropped`` (searched; groups cpu and count, either may be absent) and ``header`` (lines
+    before the events, matched).  ``parse(text)`` is the importer's line parser."""
+
+    def __init__(self, source: str, event_line: re.Pattern, dropped: re.Pattern, header: re.Pattern):
+        self.source, self.event_line, self.dropped, self.header = source, event_line, dropped, header
+
+    def parse(self, text: str) -> LineResult:
+        dropped = self.dropped.search(text)
+        if dropped:
+            cpu, count = dropped.group("cpu"), dropped.group("count")
+            return Dropped(int(count) if count is not None else None, f"CPU {cpu}" if cpu else "the ring buffer")
+        if self.header.match(text):
+            return Skipped(f"{self.source} header")
+        match = self.event_line.match(text)
+        if match is None:
+            if _KNOWN_EVENT.search(text):
+                raise Malformed(f"names a KVM conversion event but is not a {self.source} event line")
+            return Skipped(f"not a {self.source} event line")
+        event = match.group("event").rpartition(":")[2]
+        timestamp = match.group("ts")
+        # A timestamp without a fraction is a raw clock counter (trace-cmd -C x86-tsc): no seconds.
+        stamp = stamp_ns(timestamp) if "." in timestamp else None
+        thread = thread_of(int(match.group("pid")), match.group("comm").strip())
+        return parse_payload(event, match.group("info"), thread, stamp)
 
 
-__all__ = ["EVENTS", "SET_ATTRIBUTES_EVENTS", "parse_event_line", "parse_payload", "thread_of"]
+__all__ = ["EVENTS", "SET_ATTRIBUTES_EVENTS", "TracerText", "parse_payload", "thread_of"]

@@ -4,14 +4,25 @@ Without ``layout``, :func:`privmem.memmap.infer_layout` decides (q35 when anythi
 4 GiB, else flat; ``memory`` sets the RAM size, else the smallest that holds the addresses).
 With ``layout`` and no ``memory``, the RAM is the smallest (in 2 MiB steps) whose map reaches
 the highest address.  An address in a hole of the chosen map is the pipeline's to report.
+
+A range inside [3 GiB, 4 GiB) does not count towards the highest address: on every x86 layout
+privmem knows it is MMIO (q35's RAM below 4 GiB ends by 2.75 GiB, Cloud Hypervisor's at 3 GiB:
+the local APIC, IOAPIC, PCI windows, firmware flash), and QEMU traces conversions there that
+it then ignores; inferring RAM up to it would give a small guest 4 GiB.
 """
 
 from __future__ import annotations
 
 from ...memmap import GuestMemoryMap, infer_layout
-from ...units import MiB
+from ...units import GiB, MiB
 
 _STEP = 2 * MiB
+_MMIO_WINDOW = (3 * GiB, 4 * GiB)
+
+
+def sizes_the_guest(gpa: int, size: int) -> bool:
+    """Whether a converted range counts towards the inferred RAM (module docstring)."""
+    return not (_MMIO_WINDOW[0] <= gpa and gpa + size <= _MMIO_WINDOW[1])
 
 
 def _smallest_ram(layout: str, highest_end: int) -> int:
@@ -41,4 +52,4 @@ def guest_map(highest: tuple[int, int] | None, memory: int | None = None,
     return GuestMemoryMap.from_layout(layout, memory), None
 
 
-__all__ = ["guest_map"]
+__all__ = ["guest_map", "sizes_the_guest"]

@@ -14,27 +14,22 @@ from __future__ import annotations
 
 import re
 
-from .events import Dropped, LineResult, Skipped
-from .kvm_events import parse_event_line
+from .events import LineResult
+from .kvm_events import TracerText
 from .registry import importer
 
-_EVENT_LINE = re.compile(r"\s*(?P<comm>.*?)\s+(?:\d+/)?(?P<pid>\d+)\s+(?:\[(?P<cpu>\d+)\]\s+)?"
-                         r"(?P<ts>\d+\.\d+):\s+(?:\d+\s+)?(?P<event>[\w-]+:\w+):\s?(?P<info>.*)$")
-_LOST = re.compile(r"PERF_RECORD_LOST(?:_SAMPLES)?:?\s+lost[:= ]\s*(\d+)")
-_CPU = re.compile(r"\[(\d+)\]")
+PERF_SCRIPT = TracerText(
+    "perf script",
+    event_line=re.compile(r"\s*(?P<comm>.*?)\s+(?:\d+/)?(?P<pid>\d+)\s+(?:\[(?P<cpu>\d+)\]\s+)?"
+                          r"(?P<ts>\d+\.\d+):\s+(?:\d+\s+)?(?P<event>[\w-]+:\w+):\s?(?P<info>.*)$"),
+    dropped=re.compile(r"(?:\[(?P<cpu>\d+)\].*)?PERF_RECORD_LOST(?:_SAMPLES)?:?\s+lost[:= ]\s*(?P<count>\d+)"),
+    header=re.compile(r"\s*#"))
 
 
 @importer("perf-script", "perf script text of kvm:kvm_vm_set_mem_attributes (or kvm_set_vm_mem_attributes) "
                          "and kvm:kvm_vmgexit_msr_protocol_enter")
 def parse_line(text: str) -> LineResult:
-    lost = _LOST.search(text)
-    if lost:
-        cpu = _CPU.search(text[:lost.start()])
-        return Dropped(int(lost.group(1)), f"CPU {cpu.group(1)}" if cpu else "perf buffer")
-    if text.lstrip().startswith("#"):
-        return Skipped("perf script header")
-    result = parse_event_line(text, _EVENT_LINE, "perf script")
-    return result if result is not None else Skipped("not a perf script event line")
+    return PERF_SCRIPT.parse(text)
 
 
-__all__ = ["parse_line"]
+__all__ = ["PERF_SCRIPT", "parse_line"]

@@ -28,8 +28,8 @@ from ...units import PAGE_SHIFT
 from ..history import ConversionHistory, is_noop
 from ..trace import MAX_LINE_BYTES, TraceWriter
 from .dedup import Deduplicator
-from .events import Conversion, Dropped, Malformed, Skipped
-from .layout import guest_map
+from .events import Dropped, Malformed, Skipped
+from .layout import guest_map, sizes_the_guest
 from .registry import IMPORTERS, Importer
 from .report import ImportReport
 from .source import Source, SourceLines
@@ -123,7 +123,8 @@ class Import:
                 # Threads print their lines a little out of order; an event stamped before the
                 # first one is taken as simultaneous with it (times are never negative).
                 t = max(0, result.stamp_ns - first_stamp) / 1e9
-            if highest is None or result.gpa + result.size > highest[0] + highest[1]:
+            if sizes_the_guest(result.gpa, result.size) and (
+                    highest is None or result.gpa + result.size > highest[0] + highest[1]):
                 highest = (result.gpa, result.size)
             self._spool.append(number, result.gpa, result.size, result.to_private, thread, t)
         report.lines = lines.number

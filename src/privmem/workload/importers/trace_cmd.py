@@ -16,27 +16,22 @@ from __future__ import annotations
 
 import re
 
-from .events import Dropped, LineResult, Skipped
-from .kvm_events import parse_event_line
+from .events import LineResult
+from .kvm_events import TracerText
 from .registry import importer
 
-_EVENT_LINE = re.compile(r"\s*(?P<comm>.*?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
-                         r"(?P<ts>\d+(?:\.\d+)?):\s+(?P<event>\w+):\s?(?P<info>.*)$")
-_DROPPED = re.compile(r"\s*CPU:(\d+) \[(?:(\d+) )?EVENTS DROPPED\]\s*$")
-_HEADER = re.compile(r"\s*(?:version = \d+|cpus=\d+|CPU \d+ is empty)\s*$")
+TRACE_CMD_REPORT = TracerText(
+    "trace-cmd report",
+    event_line=re.compile(r"\s*(?P<comm>.*?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
+                          r"(?P<ts>\d+(?:\.\d+)?):\s+(?P<event>\w+):\s?(?P<info>.*)$"),
+    dropped=re.compile(r"^\s*CPU:(?P<cpu>\d+) \[(?:(?P<count>\d+) )?EVENTS DROPPED\]\s*$"),
+    header=re.compile(r"\s*(?:version = \d+|cpus=\d+|CPU \d+ is empty)\s*$"))
 
 
 @importer("trace-cmd", "trace-cmd report text of kvm:kvm_vm_set_mem_attributes (or kvm_set_vm_mem_attributes) "
                        "and kvm:kvm_vmgexit_msr_protocol_enter")
 def parse_line(text: str) -> LineResult:
-    dropped = _DROPPED.match(text)
-    if dropped:
-        cpu, count = dropped.groups()
-        return Dropped(int(count) if count is not None else None, f"CPU {cpu}")
-    if _HEADER.match(text):
-        return Skipped("trace-cmd report header")
-    result = parse_event_line(text, _EVENT_LINE, "trace-cmd report")
-    return result if result is not None else Skipped("not a trace-cmd event line")
+    return TRACE_CMD_REPORT.parse(text)
 
 
-__all__ = ["parse_line"]
+__all__ = ["TRACE_CMD_REPORT", "parse_line"]
