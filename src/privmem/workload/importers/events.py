@@ -17,6 +17,8 @@ from ...units import ADDRESS_LIMIT, PAGE_SHIFT, PAGE_SIZE
 _PAGE_MASK = PAGE_SIZE - 1
 _FRACTION_DIGITS = 9                    # nanoseconds, the finest clock any source prints
 _STAMP_RE = re.compile(r"(\d+)(?:\.(\d{1,9}))?")
+_HEX_RE = re.compile(r"0[xX]([0-9a-fA-F]{1,16})")
+_ZEROS_RE = re.compile(r"0{1,16}")
 
 
 class Malformed(Exception):
@@ -74,12 +76,10 @@ def hex_value(text: str, name: str, zero_without_prefix: bool = False) -> int:
     """``0x``-prefixed hex below 2**64, as QEMU and the kernel print it.  With
     ``zero_without_prefix``, all zeros without ``0x`` too: C's ``%#x`` prints zero as
     ``0000000000000000``.  Raises Malformed naming ``name``."""
-    digits = text[2:] if text[:2] in ("0x", "0X") else None
-    if digits is None and zero_without_prefix and text and text.strip("0") == "":
-        digits = text
-    if not digits or len(digits) > 16 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+    match = _HEX_RE.fullmatch(text)
+    if match is None and not (zero_without_prefix and _ZEROS_RE.fullmatch(text)):
         raise Malformed(f"{name} {text[:24]!r} is not 0x-prefixed hex")
-    return int(digits, 16)
+    return int(match.group(1), 16) if match else 0
 
 
 def stamp_ns(text: str, name: str = "timestamp") -> int:

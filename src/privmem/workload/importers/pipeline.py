@@ -167,7 +167,7 @@ class Import:
                 continue
             op = Op("convert", record.gpa, record.size, threads.vcpu_of(mapping, record.thread),
                     to="private" if record.to_private else "shared", t=record.t)
-            if is_noop(history.convert(op.gpa, op.size, record.to_private, op.t), record.to_private):
+            if is_noop(history.convert(op.gpa, op.size, record.to_private), record.to_private):
                 report.noop += 1
             report.conversions += 1
             if record.to_private:
