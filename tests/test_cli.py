@@ -1,10 +1,13 @@
 """The command line: every subcommand's happy path, printing figures and writing files."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from privmem.cli import main
+
+DATA = Path(__file__).parent / "data"
 
 INFO_KEYS = {"kvm", "api_version", "vm_types", "memory_attributes", "guest_memfd", "guest_memfd_flags",
              "user_memory2", "memory_fault_info", "exit_hypercall", "hypercall_exit_works", "max_memslots"}
@@ -38,10 +41,64 @@ def test_trace_import_from_a_qemu_log(tmp_path, capsys):
                    "1234@1700000000.000009:kvm_convert_memory start 0x1000000 size 0x2000 shared_to_private\n"
                    "kvm_convert_memory start 0xzz size 0x1000 shared_to_private\n")
     out = tmp_path / "trace.jsonl"
-    assert main(["trace", "import", "--from", "qemu-log", str(log), "-o", str(out)]) == 0
+    assert main(["trace", "import", "--from", "qemu-log", str(log), "-o", str(out), "--json"]) == 3
     captured = capsys.readouterr()
-    assert ":4:" in captured.err and json.loads(captured.out)["converted"] == 2
+    assert f"{log}:4: start '0xzz' is not 0x-prefixed hex" in captured.err
+    report = json.loads(captured.out)
+    assert (report["conversions"], report["malformed"], report["lost"]) == (2, 1, True)
     assert out.read_text().count('"op": "convert"') == 2
+
+
+@pytest.mark.parametrize("source, data, ops", [("qemu-log", "qemu-q35-16g-none.log", 10),
+                                               ("trace-cmd", "trace-cmd-q35-8g.txt", 10),
+                                               ("perf-script", "perf-script-q35-8g.txt", 9)])
+def test_trace_import_every_source_then_stats(source, data, ops, tmp_path, capsys):
+    out = tmp_path / "t.jsonl"
+    status = main(["trace", "import", "--from", source, str(DATA / data), "-o", str(out)])
+    assert status == (0 if source == "perf-script" else 3)         # a hole, a dropped-events mark, clean
+    text = capsys.readouterr().out
+    assert f"-> {ops} conversions" in text and "layout: q35" in text and f"written: {out} ({ops} ops)" in text
+    assert main(["trace", "stats", str(out)]) == 0
+    assert f"conversions: {ops}:" in capsys.readouterr().out
+    assert main(["trace", "stats", str(out), "--json", "--flip-ms", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["flip_flop"]["window_ms"] == 1
+
+
+@pytest.mark.parametrize("backend", ["host", pytest.param("kvm", marks=pytest.mark.kvm)])
+def test_an_imported_trace_replays_with_no_data_errors(backend, tmp_path, capsys):
+    """A recording today's machines can hold (flat, above their reserved low 2 MiB): two vCPU
+    threads, a hypercall and a fault each paired with their conversion."""
+    out = tmp_path / "t.jsonl"
+    assert main(["trace", "import", "--from", "qemu-log", str(DATA / "qemu-flat-1g-2vcpu.log"), "-o", str(out),
+                 "--memory", "1G"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--trace", str(out), "--backend", backend, "--policy", "lazy", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["vcpus"], result["data_errors"], result["backend"]) == (2, 0, backend)
+
+
+def test_trace_import_clean_strict_and_overrides(tmp_path, capsys):
+    log = tmp_path / "clean.log"
+    log.write_text("kvm_convert_memory start 0x200000 size 0x1000 private_to_shared\n")
+    out = tmp_path / "t.jsonl"
+    assert main(["trace", "import", "--from", "qemu-log", str(log), "-o", str(out), "--memory", "64M",
+                 "--layout", "flat", "--vcpus", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["memory"], report["layout"], report["vcpus"], report["inferred"]) == (64 << 20, "flat", 2, None)
+    log.write_text("kvm_convert_memory start 0x200001 size 0x1000 private_to_shared\n")
+    strict_out = tmp_path / "strict.jsonl"
+    assert main(["trace", "import", "--from", "qemu-log", str(log), "-o", str(strict_out), "--strict"]) == 2
+    assert "line 1" in capsys.readouterr().err and not strict_out.exists()
+
+
+def test_trace_import_help_names_sources_and_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["trace", "import", "--help"])
+    text = capsys.readouterr().out
+    assert "{qemu-log,trace-cmd,perf-script}" in text and "exit status:" in text and "3  the trace is written" in text
+    with pytest.raises(SystemExit) as exit_info:
+        main(["trace", "import", "--from", "vmware", "x", "-o", "y"])
+    assert exit_info.value.code == 2 and "from='vmware'" in capsys.readouterr().err
 
 
 def test_bench_quick_on_the_host_backend_writes_json_and_plot(tmp_path, capsys):

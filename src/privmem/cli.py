@@ -168,14 +168,38 @@ def cmd_run(args) -> int:
     return 1 if result.data_errors or result.dma_errors else 0
 
 
-def cmd_trace_import(args) -> int:
-    from .workload import import_qemu_log, write_trace
+IMPORT_CLEAN, IMPORT_LOST = 0, 3
+IMPORT_EXIT_CODES = f"""exit status:
+  {IMPORT_CLEAN}  every conversion the recording holds is in the trace (lines of other events
+     and other output are skipped and counted; they lose nothing)
+  {IMPORT_LOST}  the trace is written, but something did not reach it: a malformed line, a
+     conversion outside the guest's RAM, or events the tracer itself dropped (each is
+     reported on stderr as FILE:LINE: message)
+  2  nothing is written: the file cannot be read, an option is wrong, or with --strict the
+     first line that would lose something"""
 
-    trace, report = import_qemu_log(args.file, memory=args.memory, vcpus=args.vcpus, strict=args.strict)
-    write_trace(trace, args.output)
-    for line, message in report.errors:
+
+def cmd_trace_import(args) -> int:
+    from .workload import import_file
+
+    def problem(line: int, message: str) -> None:
         print(f"{args.file}:{line}: {message}", file=sys.stderr)
-    print(json.dumps(report.as_dict()))
+
+    report = import_file(args.source_format, args.file, args.output, memory=args.memory, layout=args.layout,
+                         vcpus=args.vcpus, strict=args.strict, on_problem=problem)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print("\n".join(report.format()))
+        print(f"  written: {args.output} ({report.conversions:,} ops)")
+    return IMPORT_LOST if report.lost else IMPORT_CLEAN
+
+
+def cmd_trace_stats(args) -> int:
+    from .workload.stats import trace_stats
+
+    stats = trace_stats(args.file, flip_ms=args.flip_ms)
+    print(json.dumps(stats.as_dict(), indent=2) if args.json else "\n".join(stats.format()))
     return 0
 
 
@@ -212,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .memmap import LAYOUTS
     from .runner import BACKENDS, TRACKINGS
     from .vmm.program import TIMINGS
-    from .workload import WORKLOADS
+    from .workload import IMPORTERS, WORKLOADS
+    from .workload.stats import DEFAULT_FLIP_MS
 
     parser = argparse.ArgumentParser(prog="privmem", description="fd-based private memory for confidential "
                                      "VMs on KVM: conversion tracking, discard policies, benchmarks")
@@ -267,16 +292,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=cmd_run)
 
-    trace = commands.add_parser("trace", help="make or import traces")
+    trace = commands.add_parser("trace", help="make, import or inspect traces")
     trace_kinds = trace.add_subparsers(dest="trace_kind", required=True)
-    imp = trace_kinds.add_parser("import", help="convert a QEMU trace log into a privmem trace")
-    imp.add_argument("--from", dest="source_format", type=_choice("from", ("qemu-log",)), required=True)
-    imp.add_argument("file")
-    imp.add_argument("-o", "--output", required=True)
-    imp.add_argument("--memory", type=_size("memory"))
-    imp.add_argument("--vcpus", type=_positive_int("vcpus"), default=1)
-    imp.add_argument("--strict", action="store_true", help="fail on the first malformed line")
+    imp = trace_kinds.add_parser("import", help="convert a recording (QEMU log, trace-cmd report, perf script) "
+                                 "into a privmem trace", epilog=IMPORT_EXIT_CODES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("--from", dest="source_format", type=_choice("from", IMPORTERS), required=True,
+                     metavar="{" + ",".join(IMPORTERS) + "}",
+                     help="the recording's kind: " + "; ".join(f"{name}: {entry.summary}"
+                                                              for name, entry in IMPORTERS.items()))
+    imp.add_argument("file", metavar="FILE", help="the recording (gzip, bzip2 and xz files are read as they are)")
+    imp.add_argument("-o", "--output", metavar="FILE", required=True, help="the trace to write (atomically)")
+    imp.add_argument("--memory", type=_size("memory"), metavar="SIZE",
+                     help="guest RAM (default: the smallest that holds the highest address converted)")
+    imp.add_argument("--layout", type=_choice("layout", LAYOUTS), metavar="{" + ",".join(LAYOUTS) + "}",
+                     help="guest-physical layout (default: q35 when anything lies above 4 GiB, else flat)")
+    imp.add_argument("--vcpus", type=_positive_int("vcpus"), metavar="N",
+                     help="vCPUs in the trace; threads beyond N share vCPUs round-robin (default: one per "
+                          "vCPU thread the recording shows)")
+    imp.add_argument("--strict", action="store_true",
+                     help="stop at the first line that would lose something (default: report it and go on)")
+    imp.add_argument("--json", action="store_true", help="print the summary as JSON (default: text)")
     imp.set_defaults(handler=cmd_trace_import)
+    stats = trace_kinds.add_parser("stats", help="what a trace does: conversions, flip-flops, sizes, layout, vCPUs")
+    stats.add_argument("file", metavar="FILE", help="a privmem trace v1 file")
+    stats.add_argument("--flip-ms", type=float, metavar="N", default=DEFAULT_FLIP_MS,
+                       help="a page converted back within N ms counts as a flip-flop (default: %(default)g, "
+                            "the lazy policy's max age); needs event times")
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON (default: text)")
+    stats.set_defaults(handler=cmd_trace_stats)
     gen = trace_kinds.add_parser("generate", help="write a generated workload as a trace file")
     gen.add_argument("workload", type=_choice("workload", WORKLOADS))
     gen.add_argument("-o", "--output", required=True)

@@ -79,7 +79,7 @@ _REFUSED = ((b"\x28\xb5\x2f\xfd", "zstd"), (b"PK\x03\x04", "zip"), (b"\x04\x22\x
 
 # -- lines ----------------------------------------------------------------------------------
 
-def _binary(source) -> tuple[IO[bytes], IO[bytes] | None]:
+def open_binary(source) -> tuple[IO[bytes], IO[bytes] | None]:
     """(binary file to read lines from, the file to close or None) for a path or an open
     text or binary file; compressed files decompressed."""
     if isinstance(source, (str, os.PathLike)):
@@ -103,6 +103,14 @@ def _binary(source) -> tuple[IO[bytes], IO[bytes] | None]:
             owned.close()
         raise
     return raw, owned
+
+
+def close_binary(file: IO[bytes], owned: IO[bytes] | None) -> None:
+    """Close what ``open_binary`` opened: the decompressor, then the file it read."""
+    if owned is not None:
+        if file is not owned:
+            file.close()
+        owned.close()
 
 
 def _peek(raw: IO[bytes], n: int) -> bytes:
@@ -129,27 +137,39 @@ class _TextAsBinary(io.RawIOBase):
         return self._text.readline(limit).encode("utf-8", "surrogateescape")
 
 
-class _Lines:
+class Lines:
     """Iterates ``(line number, bytes)`` over the non-blank lines of a binary file, each at
-    most MAX_LINE_BYTES; ``number`` is the last line read, blank or not."""
+    most MAX_LINE_BYTES; ``number`` is the last line read, blank or not.
 
-    def __init__(self, file: IO[bytes]):
+    A longer line raises TraceError, or with ``skip_long`` yields ``(number, None)`` after
+    reading past its rest in MAX_LINE_BYTES pieces (an importer reports it and goes on;
+    memory stays bounded either way)."""
+
+    def __init__(self, file: IO[bytes], skip_long: bool = False):
         self._file = file
+        self._skip_long = skip_long
         self.number = 0
 
-    def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        file = self._file
+    def _read(self) -> bytes:
+        try:
+            return self._file.readline(MAX_LINE_BYTES + 1)
+        except (OSError, EOFError, lzma.LZMAError, zlib_error) as err:
+            raise TraceError(self.number + 1, "file", str(err),
+                             "could not be read (corrupt compressed data?)") from None
+
+    def __iter__(self) -> Iterator[tuple[int, bytes | None]]:
         while True:
-            try:
-                raw = file.readline(MAX_LINE_BYTES + 1)
-            except (OSError, EOFError, lzma.LZMAError, zlib_error) as err:
-                raise TraceError(self.number + 1, "file", str(err),
-                                 "could not be read (corrupt compressed data?)") from None
+            raw = self._read()
             if not raw:
                 return
             self.number += 1
             if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-                raise TraceError(self.number, "line", raw[:40], f"longer than {MAX_LINE_BYTES} bytes")
+                if not self._skip_long:
+                    raise TraceError(self.number, "line", raw[:40], f"longer than {MAX_LINE_BYTES} bytes")
+                while raw and not raw.endswith(b"\n"):
+                    raw = self._read()
+                yield self.number, None
+                continue
             if raw.strip():
                 yield self.number, raw
 
@@ -370,12 +390,12 @@ class TraceReader:
     """
 
     def __init__(self, source: str | os.PathLike | IO):
-        self._file, self._owned = _binary(source)
+        self._file, self._owned = open_binary(source)
         self.warnings: list[str] = []
         self.ops_read = 0
         self._ended = False
         try:
-            self._lines = _Lines(self._file)
+            self._lines = Lines(self._file)
             self._iter = iter(self._lines)
             for line, raw in self._iter:
                 self.header = parse_header(line, raw)
@@ -422,10 +442,7 @@ class TraceReader:
         return Trace(self.name, self.memory, self.vcpus, tuple(self), self.memory_map)
 
     def close(self) -> None:
-        if self._owned is not None:
-            if self._file is not self._owned:
-                self._file.close()
-            self._owned.close()
+        close_binary(self._file, self._owned)
 
     def __enter__(self) -> "TraceReader":
         return self
@@ -529,6 +546,6 @@ def dumps_trace(trace: Trace) -> str:
     return "".join(iter_lines(trace))
 
 
-__all__ = ["END_KEY", "FORMAT_VERSION", "Header", "MAX_LINE_BYTES", "TraceReader", "TraceWriter",
-           "dumps_trace", "header_dict", "iter_lines", "loads_trace", "parse_header", "parse_op", "read_trace",
-           "write_trace", "MAX_VCPUS"]
+__all__ = ["END_KEY", "FORMAT_VERSION", "Header", "Lines", "MAX_LINE_BYTES", "TraceReader", "TraceWriter",
+           "close_binary", "dumps_trace", "header_dict", "iter_lines", "loads_trace", "open_binary", "parse_header",
+           "parse_op", "read_trace", "write_trace", "MAX_VCPUS"]
