@@ -197,7 +197,7 @@ API_CASES = {
                                                   r"\[0x422000, 0x423000\) overlaps request \d+ of vCPU 0 "
                                                   r"\[0x420000, 0x424000\)"),
     "tracker.complete after abort": Case("host", _complete_twice, InvalidState,
-                                         r"cannot complete request \d+: it is not in flight"),
+                                         r"cannot commit request \d+: it is not in flight"),
     "tracker.abort twice": Case("host", _abort_twice, InvalidState, r"cannot abort request \d+: it is not in flight"),
     # engine
     "engine.convert misaligned gpa": Case("host", lambda m: m.engine.convert(BASE + 512, PAGE, True),

@@ -4,14 +4,41 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
 from .errors import InvalidArgument, PrivmemError
 
 
+def _write_outputs(*outputs) -> None:
+    """Write every ``(path, write(temporary_path))`` whole or not at all: each to a temporary
+    file beside it, then all renamed into place with Ctrl-C held off, so an interrupted
+    command leaves either all its outputs or none."""
+    from .threads import stop_signals_blocked
+
+    temporaries = []
+    try:
+        for path, write in outputs:
+            target = Path(path)
+            temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+            temporaries.append((temporary, target))
+            write(temporary)
+        with stop_signals_blocked():
+            for temporary, target in temporaries:
+                os.replace(temporary, target)
+    finally:
+        for temporary, _ in temporaries:
+            temporary.unlink(missing_ok=True)
+
+
+def _json_writer(payload):
+    return lambda path: Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+
 def _write_json(path: str, payload) -> None:
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+    _write_outputs((path, _json_writer(payload)))
 
 
 def _console():
@@ -99,8 +126,8 @@ def cmd_bench(args) -> int:
     console.print(boot.table(report))
     for line in boot.headline(report):
         console.print(line)
-    _write_json(args.json_out, report.as_json())
-    boot.plot(report, args.plot_out)
+    _write_outputs((args.json_out, _json_writer(report.as_json())),
+                   (args.plot_out, lambda path: boot.plot(report, path)))
     console.print(f"JSON written to {args.json_out}; plot written to {args.plot_out}")
     return 1 if any(r.data_errors or r.dma_errors for r in report.runs) else 0
 
@@ -349,8 +376,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so a run stops the way Ctrl-C stops it."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
+def _command(args) -> str:
+    kind = getattr(args, "bench_kind", None) or getattr(args, "trace_kind", None)
+    return f"privmem {args.command}" + (f" {kind}" if kind else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading_is_main() else None
     try:
         return args.handler(args)
     except PrivmemError as error:
@@ -359,8 +400,18 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"privmem: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:
+        how, code = ("Ctrl-C", 130) if isinstance(stop, KeyboardInterrupt) else ("SIGTERM", 143)
+        print(f"{_command(args)} interrupted by {how}: every vCPU stopped, no result written", file=sys.stderr)
+        return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def threading_is_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

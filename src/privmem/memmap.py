@@ -200,9 +200,15 @@ class GuestMemoryMap:
             return f"is past the last RAM region {below} ({self.describe()})"
         return f"is in the hole between RAM regions {below} and {above}"
 
-    def pieces(self, gpa: int, size: int) -> Iterator[tuple[int, int]]:
+    def pieces(self, gpa: int, size: int) -> Iterator[tuple[int, int]] | tuple[tuple[int, int], ...]:
         """``(backing offset, size)`` of each region's part of a range of RAM (trusted: the
         range was validated), ascending."""
+        if len(self.regions) == 1:          # the common case, on the conversion path
+            region = self.regions[0]
+            return ((region.offset + gpa - region.gpa, size),)
+        return self._pieces(gpa, size)
+
+    def _pieces(self, gpa: int, size: int) -> Iterator[tuple[int, int]]:
         index = bisect_right(self._starts, gpa) - 1
         end = gpa + size
         regions = self.regions

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from .errors import InvalidArgument
 from .memmap import GuestMemoryMap
 from .ops import Trace
+from .threads import join_all, start_all
 from .vmm.program import Program
 
 BACKENDS = ("kvm", "host")
@@ -151,12 +152,12 @@ def run_program(program: Program, name: str, policy: str = "never", backend: str
         if machine_hook is not None:
             machine_hook(machine)
         sampler = _Sampler(machine, sample_interval)
-        sampler.start()
+        start_all([sampler])
         try:
             result = machine.run_ops(program, timeout=timeout)
         finally:
             sampler.stop_event.set()
-            sampler.join()
+            join_all([sampler])
         sampler.sample()
         stats = machine.engine.stats
         memory_map = program.memory_map
@@ -196,5 +197,14 @@ def run_trace(trace: Trace, policy: str = "never", backend: str | None = None, t
 
 
 def peak_rss_bytes() -> int:
-    """The process's peak resident set so far (Linux reports KiB)."""
+    """The process's peak resident set so far: VmHWM, the high-water mark of this process
+    image (getrusage's ru_maxrss would also count the parent's resident set at fork, carried
+    across exec)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -22,13 +22,26 @@ from . import syscalls
 
 class HostMapping:
     """``mmap(size, prot, MAP_SHARED, fd, 0)``.  Offsets are not checked here (the backing
-    checks them once, where they enter)."""
+    checks them once, where they enter).
 
-    def __init__(self, fd: int, size: int, prot: int = syscalls.PROT_READ | syscalls.PROT_WRITE):
+    ``private=True`` (a mapping of guest-private memory) marks it MADV_DONTDUMP and
+    MADV_DONTFORK: a core dump reads even a PROT_NONE mapping (the kernel's dump uses a forced
+    read, which needs only VM_MAYREAD), so revoking access is not enough to keep the pages out
+    of one; and a forked child must not inherit a way to them."""
+
+    def __init__(self, fd: int, size: int, prot: int = syscalls.PROT_READ | syscalls.PROT_WRITE, *,
+                 private: bool = False):
         self.addr = syscalls.mmap(size, prot, syscalls.MAP_SHARED, fd)
         self.size = size
         self.prot = prot
         self._views: list[weakref.ref] = []
+        if private:
+            try:
+                syscalls.madvise(self.addr, size, syscalls.MADV_DONTDUMP)
+                syscalls.madvise(self.addr, size, syscalls.MADV_DONTFORK)
+            except BaseException:
+                syscalls.munmap(self.addr, size)
+                raise
 
     @property
     def accessible(self) -> bool:

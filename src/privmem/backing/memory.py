@@ -206,6 +206,22 @@ class Backing:
         return syscalls.pread_into(self.fd, buffer, offset)
 
     @_locked
+    def fill_by_file(self, offset: int, size: int, byte: int, chunk: int = 1 << 20) -> None:
+        """``fill`` with file writes (pwrite), not through the mapping: the pages are
+        allocated in the file but never mapped in this process, so a device writing a large
+        range does not grow the VMM's resident set.  AccessDenied where host access is."""
+        self._host_mapping()
+        if not 0 <= byte <= 0xFF:
+            raise InvalidArgument("byte", byte, "must be 0..255")
+        self._check_bytes(offset, size)
+        block = bytes((byte,)) * min(size, chunk)
+        done = 0
+        while done < size:
+            n = min(len(block), size - done)
+            written = syscalls.pwrite(self.fd, memoryview(block)[:n], offset + done)
+            done += written
+
+    @_locked
     def fill(self, offset: int, size: int, byte: int) -> None:
         mapping = self._host_mapping()
         if not 0 <= byte <= 0xFF:
@@ -246,13 +262,13 @@ class Backing:
         return f"<{type(self).__name__} {self.kind} size={self.size:#x} {state}>"
 
 
-def _mapped_memfd(name: str, size: int) -> tuple[int, int, HostMapping]:
+def _mapped_memfd(name: str, size: int, private: bool = False) -> tuple[int, int, HostMapping]:
     """A memfd of ``size`` bytes and a read/write MAP_SHARED mapping of it; nothing touched."""
     _check_size(size)
     fd = syscalls.memfd_create(name, syscalls.MFD_CLOEXEC)
     try:
         syscalls.ftruncate(fd, size)
-        return fd, size, HostMapping(fd, size, _RW)
+        return fd, size, HostMapping(fd, size, _RW, private=private)
     except BaseException:
         syscalls.close(fd)
         raise
@@ -308,13 +324,13 @@ class PrivateBacking(Backing):
             raise InvalidArgument("size", size, f"guest_memfd fd {fd} has st_size {actual:#x}")
         mapping = None
         if mmap_flag:
-            mapping = HostMapping(fd, size, _RW if init_shared else syscalls.PROT_NONE)
+            mapping = HostMapping(fd, size, _RW if init_shared else syscalls.PROT_NONE, private=True)
         return cls(fd, size, mapping, kind="guest_memfd", owns_fd=owns_fd)
 
     @classmethod
     def standin(cls, size: int, name: str = "privmem-private-standin") -> "PrivateBacking":
         """A memfd playing guest_memfd for hosts without /dev/kvm: same rules, same accounting."""
-        return cls(*_mapped_memfd(name, size), kind="memfd-standin")
+        return cls(*_mapped_memfd(name, size, private=True), kind="memfd-standin")
 
     @property
     def sealed(self) -> bool:

@@ -70,6 +70,8 @@ PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED = 0x01, 0x02, 0x10
 MADV_DONTNEED = 4
 MADV_REMOVE = 9
+MADV_DONTFORK = 10
+MADV_DONTDUMP = 16
 MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25
 MFD_CLOEXEC = 0x0001
@@ -129,6 +131,14 @@ def pread_into(fd: int, buffer, offset: int) -> int:
         return os.preadv(fd, [buffer], offset)
     except OSError as exc:
         raise _os_fail("preadv", exc, f"fd={fd} offset={offset:#x} len={len(buffer):#x}") from None
+
+
+def pwrite(fd: int, data, offset: int) -> int:
+    """pwrite(fd, data, offset) -> bytes written."""
+    try:
+        return os.pwrite(fd, data, offset)
+    except OSError as exc:
+        raise _os_fail("pwrite", exc, f"fd={fd} offset={offset:#x} len={len(data):#x}") from None
 
 
 def lseek(fd: int, offset: int, whence: int) -> int:

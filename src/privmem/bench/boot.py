@@ -227,8 +227,10 @@ def plot(report: BenchReport, path: str) -> None:
     right.set_ylim(0, highest * 2)
     right.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def median(values):

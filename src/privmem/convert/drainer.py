@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import threading
 
+from ..threads import join_all, start_all
+
 
 class Drainer:
     """A thread calling ``engine.tick()`` every ``interval`` seconds (default: half the
@@ -40,11 +42,11 @@ class Drainer:
                 self.on_error(error)
 
     def __enter__(self) -> "Drainer":
-        self._thread.start()
+        start_all([self._thread])
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
+        join_all([self._thread])
         if self._error is not None and exc[0] is None:
             raise self._error

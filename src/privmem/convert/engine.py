@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 from ..attrs.validate import ATTR_PRIVATE
-from ..errors import AccessDenied, InvalidArgument, InvalidState, SyscallError
+from ..errors import AccessDenied, Busy, InvalidArgument, InvalidState, SyscallError
 from ..memmap import GpaRange, GuestMemoryMap
 from ..units import PAGE_SHIFT, PAGE_SIZE
 from .held import HELD_PRIVATE, HELD_SHARED, SIDES, HeldMemory
@@ -45,11 +45,14 @@ class ConversionEngine:
     where the host has it); if one raises, the request is aborted and nothing changes.
 
     Concurrency: ``request`` happens outside the engine lock, so overlapping vCPUs get
-    ``Busy``; completion, bookkeeping and the discard syscalls run under the lock, so a
-    drain never punches a page another vCPU is bringing back into use.
+    ``Busy``; commit and bookkeeping run under the lock; the discard syscalls run after it,
+    on ranges claimed first (the converting request stays in flight until its discards are
+    done, drained runs are pinned in the tracker), so a drain never punches a page another
+    vCPU is bringing back into use and a large punch stalls nobody else.
 
     Invariants (``check()``): the tracker's and the held memory's; ``stats.double_allocated_bytes``
-    equals the held bytes and never exceeds ``stats.peak_double_allocated_bytes``.
+    equals the held bytes and never exceeds ``stats.peak_double_allocated_bytes``; bytes being
+    discarded (``discarding_bytes``) are never negative and 0 when no discard is in progress.
     """
 
     def __init__(self, tracker: ConversionTracker, policy: Policy, shared, private,
@@ -74,6 +77,8 @@ class ConversionEngine:
         # Committed requests in commit order, when asked for: replaying them one by one on a
         # fresh store must give the same attributes (the concurrency tests' oracle).
         self.journal: list[Request] | None = [] if journal else None
+        self._discarding = 0          # bytes released from the books, punch in progress
+        self._closed = False
         self._lock = threading.Lock()
 
     @property
@@ -89,6 +94,11 @@ class ConversionEngine:
     # -- conversions -----------------------------------------------------------------
 
     @property
+    def discarding_bytes(self) -> int:
+        """Bytes whose discard syscalls are being issued now (out of the books, not yet freed)."""
+        return self._discarding
+
+    @property
     def memory(self) -> int:
         """Bytes of guest RAM."""
         return self.memory_map.ram_bytes
@@ -99,24 +109,48 @@ class ConversionEngine:
         return self.convert_range(self.memory_map.range(gpa, size), to_private, vcpu)
 
     def convert_range(self, where: GpaRange, to_private: bool, vcpu: int = 0) -> Conversion:
-        """``convert`` for a range already validated against this engine's memory map."""
+        """``convert`` for a range already validated against this engine's memory map.
+
+        The request is committed under the engine lock, with the policy's decisions; the
+        discard syscalls those decisions need run after the lock is dropped, on ranges claimed
+        first (the request itself for its own pages, tracker pins for drained ones), so a
+        large punch stalls no other vCPU's conversion and no conversion touches a range being
+        punched.  The request leaves flight once its discards are done."""
+        if self._closed:
+            raise InvalidState("the engine is closed: its machine has been shut down")
         request = self.tracker.request_range(where, to_private, vcpu)
         with self._lock:
             try:
                 for hook in self.commit_hooks:
                     hook(request)
+                conversion = self.tracker.commit(request)
             except BaseException:
-                self.tracker.abort(request)
+                self.tracker.abort(request)          # nothing changed
                 raise
-            conversion = self.tracker.complete(request)
-            if self.journal is not None:
-                self.journal.append(request)
-            if conversion.changed:
-                self._account(conversion)
+            try:
+                if self.journal is not None:
+                    self.journal.append(request)
+                now = self.clock()
+                runs = self._account(conversion, now) if conversion.changed else []
+                runs += self._due(now)
+                batch = self._claim(runs, now, request) if runs else None
+                if batch is None:
+                    self._update_totals()
+            except BaseException:
+                self.tracker.release(request)
+                raise
+        if batch is None:                            # nothing to punch: done under one lock
+            self.tracker.release(request)
             return conversion
+        try:
+            self._punch(batch)
+        finally:
+            self._settle(batch, now)
+            self.tracker.release(request)
+        return conversion
 
-    def _account(self, conversion: Conversion) -> None:
-        now = self.clock()
+    def _account(self, conversion: Conversion, now: float) -> list[tuple[int, int, int]]:
+        """Book what the conversion left behind; the runs the policy discards now."""
         entered, left = (HELD_PRIVATE, HELD_SHARED) if conversion.to_private else (HELD_SHARED, HELD_PRIVATE)
         stats = self.stats
         stats.conversions += 1
@@ -137,30 +171,81 @@ class ConversionEngine:
                     else:
                         held.hold(piece_gpa, piece_size, left, now)
             stats.reclaimed_bytes += reclaimed
-        if self._retry:  # after the reclaim above: a page that came back needs no discard
-            discards += self._take_retries()
-        discards += self.policy.drain(self.held, now)
-        self._discard(discards, now)
+        return discards
 
-    def _discard(self, runs: list[tuple[int, int, int]], now: float) -> None:
-        stats = self.stats
+    def _due(self, now: float, force: bool = False) -> list[tuple[int, int, int]]:
+        """Failed discards to retry (after any reclaim: a page that came back needs none) and
+        what the policy drains now."""
+        drained = self.policy.drain(self.held, now, force=force)
+        return self._take_retries() + drained if self._retry else drained
+
+    def _claim(self, runs: list[tuple[int, int, int]], now: float, request: Request | None = None) -> "_Batch":
+        """Under the lock: pin each run to discard (``request``'s own pages are already
+        closed to others) and count it as being discarded; a run another vCPU's request holds
+        now stays held and is retried later."""
+        batch = _Batch(now)
         for gpa, size, side in runs:
+            if request is not None and request.gpa <= gpa and gpa + size <= request.gpa + request.size:
+                pin = None                       # the request's own pages: closed to others already
+            else:
+                try:
+                    pin = self.tracker.pin(GpaRange(gpa, size), "discard", exempt=request)
+                except Busy:
+                    self.held.hold(gpa, size, side, now)
+                    self._retry.append((gpa, size, side))
+                    continue
+            batch.runs.append((gpa, size, side, pin))
+            batch.bytes += size
+            batch.pinned += pin is not None
+        self._discarding += batch.bytes
+        return batch
+
+    def _punch(self, batch: "_Batch") -> None:
+        """Outside the lock: the discard syscalls, one per backing piece of each run."""
+        for index, (gpa, size, side, _) in enumerate(batch.runs):
             backing = self.backings[side]
             try:
                 for offset, length in self.memory_map.pieces(gpa, size):
                     backing.discard(offset, length)
-                    stats.discards += 1
-                    stats.discarded_bytes += length
+                    batch.pieces += 1
             except SyscallError:
-                # The conversion stays committed; the memory stays held and is retried later
-                # (a piece already punched is punched again: harmless).
-                stats.discard_failures += 1
-                self.held.hold(gpa, size, side, now)
-                self._retry.append((gpa, size, side))
+                batch.failed.append(index)
+
+    def _settle(self, batch: "_Batch", now: float) -> None:
+        """Under the lock: a failed discard's memory is held again and retried later (the
+        conversion stays committed; a piece already punched is punched again: harmless);
+        the pins go; the books and the counters follow."""
+        with self._lock:
+            stats = self.stats
+            self._discarding -= batch.bytes
+            stats.discards += batch.pieces
+            if not batch.failed and not batch.pinned:     # the common case: one eager punch
+                stats.discarded_bytes += batch.bytes
+                self._update_totals()
+                return
+            failed = set(batch.failed)
+            for index, (gpa, size, side, pin) in enumerate(batch.runs):
+                if pin is not None:
+                    self.tracker.unpin(pin)
+                if index in failed:
+                    stats.discard_failures += 1
+                    self.held.hold(gpa, size, side, now)
+                    self._retry.append((gpa, size, side))
+                else:
+                    stats.discarded_bytes += size
+            self._update_totals()
+
+    def _update_totals(self) -> None:
+        """The books' totals: memory held (left behind, not yet decided); memory whose discard
+        is being issued is on its way out and counted apart (``discarding_bytes``), as it was
+        when discards ran under the lock."""
+        stats = self.stats
         total = self.held.total
         stats.double_allocated_bytes = total
-        stats.peak_double_allocated_bytes = max(stats.peak_double_allocated_bytes, total)
-        stats.queued_bytes = total if self.policy.drains else sum(s for _, s, _ in self._retry)
+        if total > stats.peak_double_allocated_bytes:
+            stats.peak_double_allocated_bytes = total
+        stats.queued_bytes = total if self.policy.drains else \
+            (sum(s for _, s, _ in self._retry) if self._retry else 0)
 
     def _take_retries(self) -> list[tuple[int, int, int]]:
         """Failed discards whose memory is still held (a flip back may have reclaimed it)."""
@@ -172,15 +257,28 @@ class ConversionEngine:
 
     def tick(self) -> None:
         """Discard what the policy says is due now (age-based draining between exits)."""
-        with self._lock:
-            now = self.clock()
-            self._discard(self._take_retries() + self.policy.drain(self.held, now), now)
+        self._drain(force=False)
 
     def flush(self) -> None:
         """Discard everything the policy would discard eventually."""
+        self._drain(force=True)
+
+    def _drain(self, force: bool) -> None:
         with self._lock:
             now = self.clock()
-            self._discard(self._take_retries() + self.policy.drain(self.held, now, force=True), now)
+            runs = self._due(now, force)
+            if not runs:
+                return
+            batch = self._claim(runs, now)
+        try:
+            self._punch(batch)
+        finally:
+            self._settle(batch, now)
+
+    def close(self) -> None:
+        """The machine is shut down: conversions are refused from now on (before anything
+        changes), so nothing reaches backings that are gone."""
+        self._closed = True
 
     # -- launch lifecycle -------------------------------------------------------------
 
@@ -303,7 +401,7 @@ class ConversionEngine:
         with self._lock:
             self.tracker.check()
             self.held.check()
-            if self.stats.double_allocated_bytes != self.held.total:
+            if self.stats.double_allocated_bytes != self.held.total or self._discarding < 0:
                 raise AssertionError("engine: double_allocated_bytes disagrees with held memory")
 
 
@@ -319,6 +417,20 @@ def _overlap_bytes(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> int:
         else:
             j += 1
     return total
+
+
+class _Batch:
+    """Discards claimed under the lock and issued after it: ``runs`` of (gpa, size, side,
+    pin), their ``bytes``, how many are ``pinned``, how many syscalls succeeded (``pieces``),
+    which runs ``failed``."""
+
+    __slots__ = ("now", "runs", "bytes", "pinned", "pieces", "failed")
+
+    def __init__(self, now: float):
+        self.now = now
+        self.runs: list = []
+        self.bytes = self.pinned = self.pieces = 0
+        self.failed: list[int] = []
 
 
 __all__ = ["ConversionEngine", "EngineStats", "SIDES"]

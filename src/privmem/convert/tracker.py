@@ -85,6 +85,7 @@ class ConversionTracker:
         self.store = store
         self._inflight: dict[int, Request] = {}
         self._pins: dict[int, Pin] = {}
+        self._committed: set[int] = set()       # in flight, committed, not yet released
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -99,7 +100,9 @@ class ConversionTracker:
         gpa, size = where
         end = gpa + size
         with self._lock:
-            self._refuse_overlap(gpa, end, self._inflight.values(), "request")
+            for other in self._inflight.values():
+                if other.gpa < end and gpa < other.gpa + other.size:
+                    self._refuse_overlap(gpa, end, (other,), "request")
             if self._pins:
                 self._refuse_overlap(gpa, end, self._pins.values(), "pin")
             request = Request(next(self._ids), gpa, size, bool(private), vcpu)
@@ -114,12 +117,15 @@ class ConversionTracker:
                 raise Busy(f"[{gpa:#x}, {end:#x}) overlaps {what} {other.id} {who} "
                            f"[{other.gpa:#x}, {other.end:#x}) still in flight", gpa=max(gpa, other.gpa))
 
-    def pin(self, where: GpaRange, owner: str = "device") -> Pin:
-        """Hold a validated range for a device; Busy if a conversion of it is in flight.
-        O(requests in flight)."""
+    def pin(self, where: GpaRange, owner: str = "device", exempt: Request | None = None) -> Pin:
+        """Hold a validated range for a device (or a discard in progress); Busy if a
+        conversion of it is in flight, other than ``exempt`` (the conversion on whose behalf
+        the pin is taken).  O(requests in flight)."""
         gpa, size = where
         with self._lock:
-            self._refuse_overlap(gpa, gpa + size, self._inflight.values(), "request")
+            others = self._inflight.values() if exempt is None else \
+                [r for r in self._inflight.values() if r.id != exempt.id]
+            self._refuse_overlap(gpa, gpa + size, others, "request")
             pin = Pin(next(self._ids), gpa, size, owner)
             self._pins[pin.id] = pin
             return pin
@@ -134,10 +140,36 @@ class ConversionTracker:
             return sorted(self._pins.values(), key=lambda p: p.id)
 
     def complete(self, request: Request) -> Conversion:
-        """Commit a request: its pages take the new attributes.  The stored request is used,
-        not the caller's copy of it.  O(log runs + runs replaced)."""
+        """Commit a request and take it out of flight (``commit`` then ``release``)."""
+        conversion = self.commit(request)
+        self.release(request)
+        return conversion
+
+    def release(self, request: Request) -> None:
+        """Take a committed request out of flight: its range is open to other requests."""
         with self._lock:
-            request = self._take(request, "complete")
+            key = getattr(request, "id", None)
+            if key in self._committed:
+                self._committed.remove(key)
+                del self._inflight[key]
+                return
+            self._take(request, "release")          # not committed: raises, naming why
+
+    def commit(self, request: Request) -> Conversion:
+        """Commit a request: its pages take the new attributes, and it stays in flight (its
+        range closed to other requests) until ``release``, so the committer can finish what
+        the change needs (discards) before anyone converts the pages again.  The stored
+        request is used, not the caller's copy of it; committing twice is refused.
+        O(log runs + runs replaced)."""
+        with self._lock:
+            key = getattr(request, "id", None)
+            stored = self._inflight.get(key)
+            if stored is None or key in self._committed:
+                why = "already committed (release it)" if stored is not None else \
+                    "not in flight (already completed or aborted)"
+                raise InvalidState(f"cannot commit request {getattr(request, 'id', request)!r}: it is {why}")
+            self._committed.add(key)
+            request = stored
             first, end = request.gpa >> PAGE_SHIFT, (request.gpa + request.size) >> PAGE_SHIFT
             target = ATTR_PRIVATE if request.private else 0
             changed = self._changed(first, end, target)
@@ -164,10 +196,15 @@ class ConversionTracker:
             return sorted(self._inflight.values(), key=lambda r: r.id)
 
     def _take(self, request: Request, verb: str) -> Request:
-        stored = self._inflight.pop(getattr(request, "id", None), None)
-        if stored is None:
-            raise InvalidState(f"cannot {verb} request {getattr(request, 'id', request)!r}: it is not in "
-                               "flight (already completed or aborted)")
+        key = getattr(request, "id", None)
+        stored = self._inflight.get(key)
+        if stored is None or (verb == "abort") == (key in self._committed):
+            what = "committed: release it" if verb == "abort" and stored is not None else \
+                "not committed: commit or abort it" if stored is not None else \
+                "not in flight (already completed or aborted)"
+            raise InvalidState(f"cannot {verb} request {key!r}: it is {what}")
+        del self._inflight[key]
+        self._committed.discard(key)
         return stored
 
     def _changed(self, first: int, end: int, target: int) -> tuple[tuple[int, int], ...]:

@@ -38,13 +38,10 @@ STATUS = struct.Struct("<I")
 
 
 def fill(shared, pieces, pattern: int) -> None:
-    """DMA_IN: write ``pattern`` over each ``(offset, size)`` piece of the shared backing."""
+    """DMA_IN: write ``pattern`` over each ``(offset, size)`` piece of the shared backing, by
+    file writes of at most CHUNK_BYTES (pages the VMM never maps do not count in its RSS)."""
     for offset, size in pieces:
-        pos = 0
-        while pos < size:
-            n = min(CHUNK_BYTES, size - pos)
-            shared.fill(offset + pos, n, pattern)
-            pos += n
+        shared.fill_by_file(offset, size, pattern, CHUNK_BYTES)
 
 
 def compare(shared, pieces, pattern: int, sampled: bool, buffer: bytearray) -> tuple[int, int, int] | None:

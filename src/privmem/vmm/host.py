@@ -26,6 +26,7 @@ from ..convert import ConversionEngine, ConversionTracker, make_policy
 from ..convert.drainer import Drainer
 from ..errors import Busy, Interrupted, InvalidArgument, InvalidState
 from ..memmap import GpaRange, GuestMemoryMap
+from ..threads import join_all, start_all
 from . import program
 from .device import REFUSALS, DmaRequest, compare, fill
 from .machine import MAX_FAILURES, check_machine_size, resolve_memory_map
@@ -66,7 +67,7 @@ class HostMachine:
         try:
             self.shared = SharedBacking.create(self.memory)
             self.private = PrivateBacking.standin(self.memory)
-            self._guest_private = HostMapping(self.private.fd, self.memory)
+            self._guest_private = HostMapping(self.private.fd, self.memory, private=True)
             if engine is None:
                 engine = ConversionEngine(ConversionTracker(MemoryAttributes()), make_policy(policy, self.memory),
                                           self.shared, self.private, memory_map=self.memory_map)
@@ -229,12 +230,16 @@ class HostMachine:
             before = {name: self._total(name) for name in OpsResult.COUNTERS if name != "pages_converted"}
             converted_before, exits_before = self.engine.stats.pages_converted, self.exits
 
+            ended = [threading.Event() for _ in range(self.vcpus)]
+
             def main(index):
                 try:
                     self._run_vcpu(index, spools[index] if index < len(spools) else None)
                 except BaseException as error:  # re-raised in the caller, as the machine does
                     errors.append(error)
                     self._stop("error")
+                finally:
+                    ended[index].set()
 
             if not self.launched:
                 self.engine.launch()
@@ -245,12 +250,12 @@ class HostMachine:
             try:
                 with Drainer.for_engine(self.engine, on_error=lambda exc: (errors.append(exc), self._stop("error"))):
                     self.run_started = time.monotonic()
-                    for thread in threads:
-                        thread.start()
-                    self._wait(threads, timeout)
+                    start_all(threads)
+                    self._wait(ended, timeout)
+                    join_all(threads)
             except BaseException:
                 self._stop("interrupted")
-                self._join(threads)
+                join_all(threads)
                 raise
             wall = time.perf_counter() - start
             if errors:
@@ -266,27 +271,15 @@ class HostMachine:
         return OpsResult(ops=compiled.ops, wall_time=wall, exits=exits, exits_by_reason={"io": exits} if exits else {},
                          pages_converted=self.engine.stats.pages_converted - converted_before, **counts)
 
-    def _wait(self, threads, timeout: float | None) -> None:
+    def _wait(self, ended, timeout: float | None) -> None:
+        """Until every vCPU has ended (or the deadline stops them), interruptibly (threads.py)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic())))
-                if deadline is not None and time.monotonic() >= deadline and thread.is_alive():
+        for event in ended:
+            while not event.is_set():
+                event.wait(0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic())))
+                if deadline is not None and time.monotonic() >= deadline and not event.is_set():
                     self._stop("timeout")
                     deadline = None
-        self._join(threads)
-
-    @staticmethod
-    def _join(threads) -> None:
-        pending = None
-        for thread in threads:
-            while thread.is_alive():
-                try:
-                    thread.join(0.1)
-                except BaseException as exc:      # a second Ctrl-C: keep joining, then raise it
-                    pending = pending or exc
-        if pending is not None:
-            raise pending
 
     def _stop(self, reason: str) -> None:
         if self._stop_reason is None:

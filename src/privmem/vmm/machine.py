@@ -107,14 +107,17 @@ class Machine:
     May be changed between runs.  Owns every fd, mapping and thread; a context manager;
     ``close()`` is idempotent and may be called from another thread during a run (the run
     stops and raises ``Interrupted``; close returns once everything is released).
+    ``guest_program`` names the guest to load from ``vmm/guest`` (default the trace player;
+    the robustness tests load a hostile one).
     """
 
     backend = "kvm"
 
     def __init__(self, memory: int | str = "64M", vcpus: int = 1, engine=None, policy: str = "never", *,
                  layout: str | None = None, memory_map: GuestMemoryMap | None = None, initial: str = "private",
-                 kvm_path: str = DEV_KVM, data_check: str = "sampled"):
+                 kvm_path: str = DEV_KVM, data_check: str = "sampled", guest_program: str = "player"):
         self.memory_map = resolve_memory_map(memory, layout, memory_map)
+        self.guest_program = guest_program
         check_machine_size(self.memory_map, vcpus)
         if initial not in ("private", "shared"):
             raise InvalidArgument("initial", initial, "must be 'private' or 'shared'", hex_value=False)
@@ -218,7 +221,7 @@ class Machine:
         """Code, relocated dispatch table, page tables and per-vCPU pages, before any vCPU
         exists."""
         layout, fw = self.layout, self.firmware
-        code = bytearray(load_guest("player"))
+        code = bytearray(load_guest(self.guest_program))
         if len(code) > firmware.CODE_SIZE:
             raise InvalidState(f"player code is {len(code)} bytes, more than the {firmware.CODE_SIZE} reserved")
         table = len(code) - 8 * _DISPATCH_ENTRIES

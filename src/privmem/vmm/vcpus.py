@@ -26,6 +26,7 @@ from collections.abc import Callable
 from ..errors import GuestError, Interrupted
 from ..kvm import uapi
 from ..kvm.kick import kick
+from ..threads import join_all, start_all
 from .firmware import PORT_NOP
 
 Handler = Callable[[int], bool]     # handler(vcpu index) -> True when the vCPU is done
@@ -66,6 +67,7 @@ class VcpuRunner:
         self.ports, self.handlers, self.unhandled = ports, handlers, unhandled
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._ended: list[threading.Event] = []
         self._in_loop = [False] * len(vcpus)
         self._stopping = False
         self._stop_reason: str | None = None
@@ -94,11 +96,12 @@ class VcpuRunner:
                 self.stats[index].last_fault = None
                 if prepare is not None:
                     prepare(index)
+            self._ended = [threading.Event() for _ in self.vcpus]
             self._threads = [threading.Thread(target=self._main, args=(i,), name=f"privmem-vcpu{i}", daemon=True)
                              for i in range(len(self.vcpus))]
-            for index, thread in enumerate(self._threads):
+            for index in range(len(self._threads)):
                 self._in_loop[index] = True
-                thread.start()
+            start_all(self._threads)
             self._wait(timeout)
         except BaseException:
             self.stop("interrupted")
@@ -118,28 +121,22 @@ class VcpuRunner:
             raise Interrupted(f"run stopped before it finished ({reason})", reason)
 
     def _wait(self, timeout: float | None) -> None:
+        """Until every vCPU has ended (or the deadline stops them): the wait Ctrl-C interrupts,
+        on the events the threads set, never inside Thread.join (threads.py)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
-            while thread.is_alive():
+        for ended in self._ended:
+            while not ended.is_set():
                 wait = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
-                thread.join(wait)
-                if deadline is not None and time.monotonic() >= deadline and thread.is_alive():
+                ended.wait(wait)
+                if deadline is not None and time.monotonic() >= deadline and not ended.is_set():
                     deadline = None
                     self.stop("timeout")
 
     def _join_all(self) -> None:
-        """Join every vCPU thread, even through further interrupts (re-raised after)."""
-        pending: BaseException | None = None
-        for thread in self._threads:
-            while thread.is_alive():
-                try:
-                    thread.join(0.1)
-                except BaseException as exc:       # a second Ctrl-C: keep joining, then raise it
-                    pending = pending or exc
-                    self.stop("interrupted")
+        """Join every vCPU thread, with Ctrl-C held off until they are all gone, kicking
+        again any that has not stopped yet."""
+        join_all(self._threads, nudge=lambda: self.stop("interrupted"))
         self._threads = []
-        if pending is not None:
-            raise pending
 
     def stop(self, reason: str = "stopped") -> None:
         """Kick every vCPU out of KVM_RUN and end the run; safe from any thread, idempotent
@@ -179,6 +176,7 @@ class VcpuRunner:
         finally:
             with self._lock:
                 self._in_loop[index] = False
+            self._ended[index].set()
 
     def _loop(self, index: int) -> None:
         """The hot path: KVM_RUN, count, dispatch.  The no-op port is answered inline."""
