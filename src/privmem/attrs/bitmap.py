@@ -132,6 +132,10 @@ class BitmapAttributes:
     def __len__(self) -> int:
         return self._npages
 
+    def to_bytes(self) -> bytes:
+        """The bitmap itself: bit ``k & 7`` of byte ``k >> 3`` is page k (``load_bitmap``'s order)."""
+        return bytes(self._bits)
+
     @property
     def nbytes(self) -> int:
         return sys.getsizeof(self._bits)

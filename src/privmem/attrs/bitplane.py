@@ -1,8 +1,9 @@
 """Bit planes: one bit per page in a ``bytearray``, page ``i`` at bit ``i & 7`` of byte ``i >> 3``.
 
 The little-endian bit order of the bitmap twin and of QEMU's bitmaps, so a plane's bytes read
-as one little-endian integer whose bit ``i`` is page ``i``.  Every range is half-open,
-``0 <= lo < hi <= 8 * len(plane)``, and trusted: the callers validated it.  The work is done
+as one little-endian integer whose bit ``i`` is page ``i``.  A plane may stop short of the
+pages it stands for: the bits past its end are 0, and ``fill`` extends it when it sets one
+there.  Every range is half-open, ``0 <= lo < hi``, and trusted: the callers validated it.  The work is done
 by C-level byte slices, ``int.from_bytes`` and ``str.find``, so a range costs O(pages / 8)
 machine work and O(1) Python steps, and a decode costs one Python step per run found.
 """
@@ -17,7 +18,7 @@ _ALL_ZEROS = b"\x00"
 
 def bit(plane: bytearray, page: int) -> int:
     """The bit of one page: 0 or 1."""
-    return plane[page >> 3] >> (page & 7) & 1
+    return plane[page >> 3] >> (page & 7) & 1 if page >> 3 < len(plane) else 0
 
 
 def window(plane: bytearray, lo: int, hi: int) -> int:
@@ -31,8 +32,16 @@ def count(plane: bytearray, lo: int, hi: int) -> int:
 
 
 def fill(plane: bytearray, lo: int, hi: int, on: bool) -> None:
-    """Set (``on``) or clear every bit of pages ``[lo, hi)``."""
+    """Set (``on``) or clear every bit of pages ``[lo, hi)``, extending the plane to set bits
+    past its end (clearing them there is nothing to do)."""
     head, last = lo >> 3, (hi - 1) >> 3
+    if last >= len(plane):
+        if on:
+            plane.extend(bytes(last + 1 - len(plane)))
+        elif head >= len(plane):
+            return
+        else:
+            hi, last = len(plane) << 3, len(plane) - 1
     if head == last:
         mask = ((1 << (hi - lo)) - 1) << (lo & 7)
         plane[head] = plane[head] | mask if on else plane[head] & ~mask

@@ -20,11 +20,13 @@ class DenseChunk:
 
     ``planes[i]`` holds one bit per page for the attribute bit ``bits[i]``; a page's attribute
     word is the OR of the bits whose plane has it set, so an ATTR_PRIVATE-only store needs one
-    plane (a bitmap) and a word-valued store one per bit its values use in this chunk.
+    plane (a bitmap) and a word-valued store one per bit its values use in this chunk.  A plane
+    reaches only as far as the highest page it ever had set (the bytes past it would all be
+    zero), so a guest smaller than a chunk pays for its own pages' bits, not the chunk's.
 
     Invariants (``check()``):
       1. ``bits`` ascend, each a single bit within the store's ``supported`` mask;
-         ``len(planes) == len(bits) == len(ones)``; every plane is ``pages / 8`` bytes.
+         ``len(planes) == len(bits) == len(ones)``; no plane is longer than ``pages / 8``.
       2. ``ones[i]`` is the number of set bits of ``planes[i]``, and is never 0 (a plane no
          page uses is dropped).
       3. ``transitions`` is the number of offsets ``k`` in ``[1, pages)`` whose page value
@@ -51,7 +53,7 @@ class DenseChunk:
         for _, _, value in runs:
             used |= value
         bits = [1 << k for k in range(used.bit_length()) if used >> k & 1]
-        planes = [bytearray(pages >> 3) for _ in bits]
+        planes = [bytearray((runs[-1][1] + 7) >> 3) if runs else bytearray() for _ in bits]
         for lo, hi, value in runs:
             for plane_bit, plane in zip(bits, planes):
                 if value & plane_bit:
@@ -60,26 +62,27 @@ class DenseChunk:
 
     @classmethod
     def from_bitmap(cls, pages: int, data: bytes, value: int) -> DenseChunk:
-        """Pages whose bit is set in ``data`` (``pages / 8`` bytes) have ``value``; the rest 0."""
+        """Pages whose bit is set in ``data`` (at most ``pages / 8`` bytes) have ``value``; the
+        rest 0."""
         bits = [1 << k for k in range(value.bit_length()) if value >> k & 1]
+        data = bytes(data).rstrip(b"\0")
         return cls(pages, bits, [bytearray(data) for _ in bits])
 
     @staticmethod
-    def footprint(pages: int, planes: int) -> int:
-        """The nbytes a dense chunk of ``planes`` planes adds to its store (used to pick forms):
-        the sizes its ``nbytes`` adds up, and the store's entry for it."""
-        return _CHUNK_BYTES + STORE_ENTRY_BYTES + planes * ((pages >> 3) + _PLANE_BYTES)
+    def footprint(planes: int, plane_bytes: int) -> int:
+        """The nbytes a dense chunk of ``planes`` planes of ``plane_bytes`` each adds to its
+        store (what its store's form choice weighs): the sizes ``nbytes`` adds up, and the
+        store's entry for it."""
+        return _CHUNK_BYTES + STORE_ENTRY_BYTES + planes * (plane_bytes + _PLANE_BYTES)
+
 
     # -- queries ---------------------------------------------------------------------
 
     def get(self, page: int) -> int:
         """The attribute word of one page."""
-        planes = self.planes
-        if len(planes) == 1:
-            return self.bits[0] if planes[0][page >> 3] >> (page & 7) & 1 else 0
-        value = 0
-        for plane_bit, plane in zip(self.bits, planes):
-            if plane[page >> 3] >> (page & 7) & 1:
+        value, byte, shift = 0, page >> 3, page & 7
+        for plane_bit, plane in zip(self.bits, self.planes):
+            if byte < len(plane) and plane[byte] >> shift & 1:
                 value |= plane_bit
         return value
 
@@ -177,24 +180,20 @@ class DenseChunk:
             for plane_bit in (1 << k for k in range(value.bit_length())):
                 if value & plane_bit and plane_bit not in self.bits:
                     self._add_plane(plane_bit)
-        byte, mask = page >> 3, 1 << (page & 7)
         emptied = False
         for index, (plane_bit, plane) in enumerate(zip(self.bits, self.planes)):
             if (value ^ old) & plane_bit:
-                if value & plane_bit:
-                    plane[byte] |= mask
-                    self.ones[index] += 1
-                else:
-                    plane[byte] &= ~mask
-                    self.ones[index] -= 1
-                    emptied = emptied or not self.ones[index]
+                on = bool(value & plane_bit)
+                fill(plane, page, page + 1, on)
+                self.ones[index] += 1 if on else -1
+                emptied = emptied or not self.ones[index]
         if emptied:
             self._drop_empty_planes()
 
     def _add_plane(self, plane_bit: int) -> None:
         index = sum(1 for b in self.bits if b < plane_bit)
         self.bits.insert(index, plane_bit)
-        self.planes.insert(index, bytearray(self.pages >> 3))
+        self.planes.insert(index, bytearray())
         self.ones.insert(index, 0)
 
     def _drop_empty_planes(self) -> None:
@@ -218,7 +217,7 @@ class DenseChunk:
         for plane_bit, plane, ones in zip(self.bits, self.planes, self.ones):
             if plane_bit.bit_count() != 1 or plane_bit & ~supported:
                 fail(f"plane bit {plane_bit:#x} is not one supported bit")
-            if len(plane) != self.pages >> 3:
+            if len(plane) > self.pages >> 3:
                 fail(f"plane of bit {plane_bit:#x} holds {len(plane)} bytes")
             if not ones or ones != count(plane, 0, self.pages):
                 fail(f"plane of bit {plane_bit:#x} counts {ones} pages")

@@ -42,17 +42,19 @@ class MemoryAttributes:
     run ``index // 2``), or none when the ``LookupCache`` (built by the first ``get``) knows
     the block uniform.
 
-    Form choice, per chunk (``footprint(planes)`` is ``DenseChunk.footprint``, what a dense
-    chunk adds to ``nbytes``; bounds *inside* a chunk are those strictly between its edges):
+    Form choice, per chunk (bounds *inside* a chunk are those strictly between its edges; its
+    dense cost is ``DenseChunk.footprint`` of a whole chunk, what a dense chunk adds to
+    ``nbytes``, for one plane per bit its values use):
       - runs become dense when the chunk's inside bounds cost more than its dense form:
-        ``inside * RUN_BOUND_BYTES > footprint(planes its values use)``;
+        ``inside * RUN_BOUND_BYTES > dense cost``;
       - dense goes back to runs when its runs would cost at most half of it (the hysteresis
         that keeps a guest at the threshold from converting on every set), and to a plain run
         when it becomes uniform.
-    So a chunk in either form costs at most about ``footprint(planes)``: for an ATTR_PRIVATE
-    store the chunk's share of a bitmap plus a few hundred bytes of objects, and for a
-    word-valued store about ``planes`` times that, ``planes`` being the bits its values use
-    in the chunk.
+    So a chunk in either form costs at most about its dense cost: for an ATTR_PRIVATE store
+    the chunk's share of a bitmap plus a few hundred bytes of objects, and for a word-valued
+    store about ``planes`` times that, ``planes`` being the bits its values use in the chunk.
+    A dense chunk's planes reach only its highest page ever set, so a guest that ends inside a
+    chunk (a small one, or one not a multiple of a chunk) pays for its own pages' bits there.
 
     Invariants (``check()`` verifies each):
       1. ``len(_bounds) == 2 * len(_values)``; the bounds are a list only below
@@ -61,13 +63,13 @@ class MemoryAttributes:
       3. Runs are sorted and disjoint: ``end_k <= start_k+1``.
       4. Attribute 0 (shared) is never stored: every value is a non-zero word within
          ``supported``, or a ``DenseChunk`` whose run is exactly its chunk and which ``_dense``
-         maps that chunk to; ``_dense`` holds nothing else.
+         maps that chunk to; ``_dense`` holds nothing else.  In a store whose ``supported``
+         mask is one bit, ``_planes`` maps each dense chunk to its one plane; else it is empty.
       5. Coalesced: two runs that touch (``end_k == start_k+1``), neither dense, have different
          values, so a uniform range outside dense chunks is always exactly one run.
       6. Every dense chunk keeps its own invariants (``DenseChunk.check``), including not
-         being uniform, and ``2 * inside bounds of its runs form * RUN_BOUND_BYTES >
-         footprint``; every chunk in runs form has ``inside * RUN_BOUND_BYTES <=
-         footprint(planes)``.
+         being uniform, and ``2 * inside bounds of its runs form * RUN_BOUND_BYTES >`` its
+         dense cost; every chunk in runs form has ``inside * RUN_BOUND_BYTES <=`` its dense cost.
       7. Every code the lookup cache knows is true of the store.
 
     Not thread-safe: the conversion tracker serialises writers.  Complexity: ``get`` O(1) in a
@@ -75,11 +77,11 @@ class MemoryAttributes:
     in dense chunks; ``set`` O(log n + k + n) where k runs are replaced and the O(n) term is a
     C-level memmove of the tail, plus O(chunk / 8) when a chunk changes form; ``ranges``
     O(log n + k) plus O(window / 8) in dense chunks; n is at most
-    ``footprint(planes) / RUN_BOUND_BYTES`` bounds per chunk touched.
+    ``dense cost / RUN_BOUND_BYTES`` bounds per chunk touched.
     """
 
-    __slots__ = ("supported", "chunk_shift", "_chunk_mask", "_single", "_footprints", "_dense_threshold",
-                 "_bounds", "_values", "_dense", "_cache")
+    __slots__ = ("supported", "chunk_shift", "_chunk_mask", "_single", "_plane_bytes", "_dense_threshold",
+                 "_bounds", "_values", "_dense", "_planes", "_cache")
 
     def __init__(self, supported: int = ATTR_PRIVATE, *, chunk_shift: int = CHUNK_SHIFT):
         if not isinstance(supported, int) or supported < 0 or supported >= ADDRESS_LIMIT:
@@ -93,17 +95,19 @@ class MemoryAttributes:
         self.chunk_shift = chunk_shift
         self._chunk_mask = (1 << chunk_shift) - 1
         self._single = supported if supported.bit_count() == 1 else None
-        self._footprints = [DenseChunk.footprint(1 << chunk_shift, planes) for planes in range(65)]
-        # no chunk can turn dense while the whole store has fewer bounds than this
-        self._dense_threshold = self._footprints[1] // RUN_BOUND_BYTES
+        self._plane_bytes = (1 << chunk_shift) >> 3
+        # no chunk can turn dense with fewer inside bounds than a one-plane dense chunk is worth
+        self._dense_threshold = self.dense_cost(1) // RUN_BOUND_BYTES
         self._bounds: list[int] | array = []
         self._values: list = []
         self._dense: dict[int, DenseChunk] = {}
+        self._planes: dict[int, bytearray] = {}  # one-bit stores: chunk -> its dense chunk's plane
         self._cache: LookupCache | None = None
 
-    def footprint(self, planes: int) -> int:
-        """What one dense chunk of ``planes`` planes adds to ``nbytes``."""
-        return self._footprints[planes]
+    def dense_cost(self, planes: int) -> int:
+        """The dense cost of a chunk whose values use ``planes`` bits: what a dense chunk of
+        whole planes adds to ``nbytes`` (``DenseChunk.footprint``)."""
+        return DenseChunk.footprint(planes, self._plane_bytes)
 
     # -- queries ---------------------------------------------------------------------
 
@@ -111,9 +115,17 @@ class MemoryAttributes:
         """Attributes of the page holding ``address`` (any byte address).  O(1) in a dense chunk
         or a block the lookup cache knows; O(log n) otherwise."""
         gfn = address >> PAGE_SHIFT
-        dense = self._dense
-        if dense:
-            chunk = dense.get(gfn >> self.chunk_shift)
+        planes = self._planes
+        if planes:  # one bit per page: the plane straight from its dict, no object between
+            plane = planes.get(gfn >> self.chunk_shift)
+            if plane is not None:
+                page = gfn & self._chunk_mask
+                try:
+                    return self._single if plane[page >> 3] >> (page & 7) & 1 else 0
+                except IndexError:  # past the plane's highest page ever set
+                    return 0
+        elif self._dense:
+            chunk = self._dense.get(gfn >> self.chunk_shift)
             if chunk is not None:
                 return chunk.get(gfn & self._chunk_mask)
         cache = self._cache or self._new_cache()
@@ -328,8 +340,8 @@ class MemoryAttributes:
             return []
         if not chunk.transitions:
             return [(base, base + size, attributes)]
-        if chunk.transitions * RUN_BOUND_BYTES > self._footprints[len(chunk.planes)]:
-            self._dense[base >> self.chunk_shift] = chunk
+        if chunk.transitions * RUN_BOUND_BYTES > self.dense_cost(len(chunk.planes)):
+            self._add_dense(base >> self.chunk_shift, chunk)
             return [(base, base + size, chunk)]
         return [(base + lo, base + hi, attributes) for lo, hi in ones_runs(int.from_bytes(data, "little"), size)]
 
@@ -425,12 +437,19 @@ class MemoryAttributes:
         """Forget the dense chunks lying wholly inside ``[first, end)`` (their runs go next)."""
         dense, shift = self._dense, self.chunk_shift
         lo, hi = -(-first >> shift), end >> shift
-        if hi - lo <= len(dense):
-            for chunk in range(lo, hi):
-                dense.pop(chunk, None)
-        else:
-            for chunk in [c for c in dense if lo <= c < hi]:
-                del dense[chunk]
+        chunks = [c for c in range(lo, hi) if c in dense] if hi - lo <= len(dense) else \
+            [c for c in dense if lo <= c < hi]
+        for chunk in chunks:
+            self._drop_dense_chunk(chunk)
+
+    def _add_dense(self, chunk: int, dense: DenseChunk) -> None:
+        self._dense[chunk] = dense
+        if self._single is not None:  # a one-bit store's dense chunks keep their one plane for life
+            self._planes[chunk] = dense.planes[0]
+
+    def _drop_dense_chunk(self, chunk: int) -> None:
+        del self._dense[chunk]
+        self._planes.pop(chunk, None)
 
     def _settle_runs(self, chunk: int, near: int) -> None:
         """A chunk in runs form turns dense if its inside bounds cost more than that form.
@@ -446,32 +465,34 @@ class MemoryAttributes:
         if (near < half or bounds[near - half] <= base) and (near + half >= count or bounds[near + half] >= stop):
             return
         lo = bisect_right(bounds, base)
+        if lo + threshold >= count or bounds[lo + threshold] >= stop:
+            return  # at most a threshold of bounds inside
         hi = bisect_left(bounds, stop, lo)
         inside = hi - lo
-        if inside <= threshold or \
-                inside * RUN_BOUND_BYTES <= self._footprints[self._planes_used(lo, hi, inside)]:
+        if inside * RUN_BOUND_BYTES <= self.dense_cost(self._planes_used(lo, hi, inside)):
             return
         dense = DenseChunk.from_runs(1 << shift, [(start - base, end - base, value)
                                                   for start, end, value in self.page_runs(base, stop)])
         self._assign(base, stop, dense)
-        self._dense[chunk] = dense
+        self._add_dense(chunk, dense)
 
     def _settle_dense(self, chunk: int, dense: DenseChunk) -> None:
         """A dense chunk becomes one run when uniform, or runs when they would cost at most half."""
         base, size = chunk << self.chunk_shift, 1 << self.chunk_shift
         if not dense.transitions:
-            del self._dense[chunk]
+            self._drop_dense_chunk(chunk)
             self._assign(base, base + size, dense.get(0))
-        elif 2 * dense.internal_bounds() * RUN_BOUND_BYTES <= self._footprints[len(dense.planes)]:
+        elif 2 * dense.internal_bounds() * RUN_BOUND_BYTES <= self.dense_cost(len(dense.planes)):
             runs = list(dense.runs(0, size, base))
-            del self._dense[chunk]
+            self._drop_dense_chunk(chunk)
             self._assign(base, base + size, 0)
             self._insert(runs)
 
     def _planes_used(self, lo: int, hi: int, inside: int) -> int:
         """Planes the runs of bounds ``[lo, hi)`` would need (their values' distinct bits);
         stops counting once there are more than a dense form worth ``inside`` bounds holds."""
-        enough = (inside * RUN_BOUND_BYTES - self._footprints[0]) // (self._footprints[1] - self._footprints[0])
+        fixed = self.dense_cost(0)
+        enough = (inside * RUN_BOUND_BYTES - fixed) // (self.dense_cost(1) - fixed)
         used = 0
         for value in self._values[lo >> 1:(hi + 1) >> 1]:
             used |= value
@@ -484,6 +505,7 @@ class MemoryAttributes:
         self._bounds = []
         self._values.clear()
         self._dense.clear()
+        self._planes.clear()
         self._cache = None
 
     # -- invariants ------------------------------------------------------------------
@@ -518,9 +540,12 @@ class MemoryAttributes:
                     fail(f"runs {k - 1} and {k} touch with equal attributes {value:#x}")
         if placeholders != len(self._dense):
             fail(f"{len(self._dense)} dense chunks for {placeholders} dense runs")
+        planes = {c: d.planes[0] for c, d in self._dense.items()} if self._single is not None else {}
+        if self._planes.keys() != planes.keys() or any(self._planes[c] is not planes[c] for c in planes):
+            fail("the plane dict disagrees with the dense chunks")
         for chunk, dense in self._dense.items():
             dense.check(self.supported)
-            if 2 * dense.internal_bounds() * RUN_BOUND_BYTES <= self._footprints[len(dense.planes)]:
+            if 2 * dense.internal_bounds() * RUN_BOUND_BYTES <= self.dense_cost(len(dense.planes)):
                 fail(f"dense chunk {chunk} would take at most half as much as runs")
         inside: dict[int, int] = {}
         for bound in bounds:
@@ -528,7 +553,7 @@ class MemoryAttributes:
                 inside[bound >> shift] = inside.get(bound >> shift, 0) + 1
         for chunk, count in inside.items():
             lo = bisect_right(bounds, chunk << shift)
-            if count * RUN_BOUND_BYTES > self._footprints[self._planes_used(lo, lo + count, count)]:
+            if count * RUN_BOUND_BYTES > self.dense_cost(self._planes_used(lo, lo + count, count)):
                 fail(f"chunk {chunk} keeps {count} bounds, more than its dense form would take")
         if self._cache is not None:
             self._check_cache(fail)
