@@ -21,6 +21,7 @@ RUN_BOUND_BYTES = 12    # a run costs two 8-byte bounds and one 8-byte value slo
 # array's, which boxes every item it hands out: the conversion path's stores are small) and in
 # an array('Q') once many (8 bytes a bound instead of a slot and an int, about 36).
 _ARRAY_AT, _LIST_AT = 1024, 512
+_TABLE_MIN = 64  # the plane table always may reach this many chunks; beyond, 2 per dense chunk
 _MIN_CHUNK_SHIFT, _MAX_CHUNK_SHIFT = 3, 24
 
 
@@ -64,7 +65,8 @@ class MemoryAttributes:
       4. Attribute 0 (shared) is never stored: every value is a non-zero word within
          ``supported``, or a ``DenseChunk`` whose run is exactly its chunk and which ``_dense``
          maps that chunk to; ``_dense`` holds nothing else.  In a store whose ``supported``
-         mask is one bit, ``_planes`` maps each dense chunk to its one plane; else it is empty.
+         mask is one bit, ``_plane_table[c]`` is dense chunk c's one plane, or None if chunk c
+         is not dense, for every c below its length (which ends on a plane); else it is empty.
       5. Coalesced: two runs that touch (``end_k == start_k+1``), neither dense, have different
          values, so a uniform range outside dense chunks is always exactly one run.
       6. Every dense chunk keeps its own invariants (``DenseChunk.check``), including not
@@ -81,7 +83,7 @@ class MemoryAttributes:
     """
 
     __slots__ = ("supported", "chunk_shift", "_chunk_mask", "_single", "_plane_bytes", "_dense_threshold",
-                 "_bounds", "_values", "_dense", "_planes", "_cache")
+                 "_bounds", "_values", "_dense", "_plane_table", "_cache")
 
     def __init__(self, supported: int = ATTR_PRIVATE, *, chunk_shift: int = CHUNK_SHIFT):
         if not isinstance(supported, int) or supported < 0 or supported >= ADDRESS_LIMIT:
@@ -101,7 +103,8 @@ class MemoryAttributes:
         self._bounds: list[int] | array = []
         self._values: list = []
         self._dense: dict[int, DenseChunk] = {}
-        self._planes: dict[int, bytearray] = {}  # one-bit stores: chunk -> its dense chunk's plane
+        # one-bit stores: dense chunk c's plane at [c], for the chunks a short list reaches
+        self._plane_table: list[bytearray | None] = []
         self._cache: LookupCache | None = None
 
     def dense_cost(self, planes: int) -> int:
@@ -115,19 +118,23 @@ class MemoryAttributes:
         """Attributes of the page holding ``address`` (any byte address).  O(1) in a dense chunk
         or a block the lookup cache knows; O(log n) otherwise."""
         gfn = address >> PAGE_SHIFT
-        planes = self._planes
-        if planes:  # one bit per page: the plane straight from its dict, no object between
-            plane = planes.get(gfn >> self.chunk_shift)
-            if plane is not None:
-                page = gfn & self._chunk_mask
-                try:
-                    return self._single if plane[page >> 3] >> (page & 7) & 1 else 0
-                except IndexError:  # past the plane's highest page ever set
-                    return 0
+        table = self._plane_table
+        if table:  # a one-bit store with dense chunks: the plane itself, no object between
+            chunk = gfn >> self.chunk_shift
+            if chunk < len(table):
+                plane = table[chunk]
+                if plane is not None:
+                    page = gfn & self._chunk_mask
+                    try:
+                        return self._single if plane[page >> 3] >> (page & 7) & 1 else 0
+                    except IndexError:  # past the plane's highest page ever set
+                        return 0
+            elif chunk in self._dense:
+                return self._dense[chunk].get(gfn & self._chunk_mask)
         elif self._dense:
-            chunk = self._dense.get(gfn >> self.chunk_shift)
-            if chunk is not None:
-                return chunk.get(gfn & self._chunk_mask)
+            found = self._dense.get(gfn >> self.chunk_shift)
+            if found is not None:
+                return found.get(gfn & self._chunk_mask)
         cache = self._cache or self._new_cache()
         block = gfn >> cache.shift
         if block < cache.blocks:
@@ -443,13 +450,25 @@ class MemoryAttributes:
             self._drop_dense_chunk(chunk)
 
     def _add_dense(self, chunk: int, dense: DenseChunk) -> None:
-        self._dense[chunk] = dense
-        if self._single is not None:  # a one-bit store's dense chunks keep their one plane for life
-            self._planes[chunk] = dense.planes[0]
+        chunks = self._dense
+        chunks[chunk] = dense
+        if self._single is None:
+            return
+        table = self._plane_table  # a one-bit store's dense chunks keep their one plane for life
+        if chunk >= len(table):
+            if chunk >= max(_TABLE_MIN, 2 * len(chunks)):
+                return  # too far for the list to pay: found through the dict
+            start = len(table)
+            table.extend(chunks[c].planes[0] if c in chunks else None for c in range(start, chunk + 1))
+        table[chunk] = dense.planes[0]
 
     def _drop_dense_chunk(self, chunk: int) -> None:
         del self._dense[chunk]
-        self._planes.pop(chunk, None)
+        table = self._plane_table
+        if chunk < len(table):
+            table[chunk] = None
+            while table and table[-1] is None:
+                table.pop()
 
     def _settle_runs(self, chunk: int, near: int) -> None:
         """A chunk in runs form turns dense if its inside bounds cost more than that form.
@@ -505,7 +524,7 @@ class MemoryAttributes:
         self._bounds = []
         self._values.clear()
         self._dense.clear()
-        self._planes.clear()
+        self._plane_table.clear()
         self._cache = None
 
     # -- invariants ------------------------------------------------------------------
@@ -540,9 +559,10 @@ class MemoryAttributes:
                     fail(f"runs {k - 1} and {k} touch with equal attributes {value:#x}")
         if placeholders != len(self._dense):
             fail(f"{len(self._dense)} dense chunks for {placeholders} dense runs")
-        planes = {c: d.planes[0] for c, d in self._dense.items()} if self._single is not None else {}
-        if self._planes.keys() != planes.keys() or any(self._planes[c] is not planes[c] for c in planes):
-            fail("the plane dict disagrees with the dense chunks")
+        table = self._plane_table
+        if (self._single is None and table) or (table and table[-1] is None) or any(
+                plane is not (self._dense[c].planes[0] if c in self._dense else None) for c, plane in enumerate(table)):
+            fail("the plane table disagrees with the dense chunks")
         for chunk, dense in self._dense.items():
             dense.check(self.supported)
             if 2 * dense.internal_bounds() * RUN_BOUND_BYTES <= self.dense_cost(len(dense.planes)):
