@@ -19,7 +19,7 @@ def test_xarray_model_counts_nodes_per_level():
 def test_bench_store_runs_every_structure_and_pattern_on_a_small_guest():
     results = []
     for pattern in store.PATTERNS:
-        results += store.measure("64MiB", 64 * MiB, pattern)
+        results += store.measure("64MiB", 64 * MiB, pattern, rounds=1)
     structures = {r.structure for r in results}
     assert structures == {"store", "store-v1", "bitmap", "pagemap", "xarray (model)"}
     by = {(r.structure, r.pattern): r for r in results}

@@ -181,7 +181,8 @@ class _Row:
             self.rates[name] = max(self.rates[name], rate(fn, count, min_seconds=RATE_ROUND_S))
 
 
-def measure(guest: str, memory: int, pattern: str, include_pagemap: bool = True, progress=None) -> list[StoreResult]:
+def measure(guest: str, memory: int, pattern: str, include_pagemap: bool = True, progress=None,
+            rounds: int = RATE_ROUNDS) -> list[StoreResult]:
     """Every structure under one pattern.  Rates are timed in interleaved rounds, best round
     each, so load from other work on the host moves every structure alike.  The bitmap's row
     comes with the XArray modelled from its bits."""
@@ -190,7 +191,7 @@ def measure(guest: str, memory: int, pattern: str, include_pagemap: bool = True,
         if progress:
             progress(f"{structure} {guest} {pattern}")
         rows.append(_Row(structure, make, memory, pattern))
-    for _ in range(RATE_ROUNDS):
+    for _ in range(rounds):
         for row in rows:
             row.time_rates()
     results = []
