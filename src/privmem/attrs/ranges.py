@@ -21,7 +21,7 @@ RUN_BOUND_BYTES = 12    # a run costs two 8-byte bounds and one 8-byte value slo
 # array's, which boxes every item it hands out: the conversion path's stores are small) and in
 # an array('Q') once many (8 bytes a bound instead of a slot and an int, about 36).
 _ARRAY_AT, _LIST_AT = 1024, 512
-_TABLE_MIN = 64  # the plane table always may reach this many chunks; beyond, 2 per dense chunk
+_TABLE_MIN = 64  # the plane table may always reach this many chunks; beyond, 2 per dense chunk held
 _MIN_CHUNK_SHIFT, _MAX_CHUNK_SHIFT = 3, 24
 
 
@@ -36,8 +36,8 @@ class MemoryAttributes:
 
     Representation: ``_bounds = [start0, end0, start1, end1, ...]`` (gfns, half-open runs;
     a list while it holds fewer than ``_ARRAY_AT`` bounds, an ``array('Q')`` from then until
-    it shrinks below ``_LIST_AT``) and ``_values[k]`` for run ``k``: an attribute word, or the ``DenseChunk``
-    holding the pages of a run that is exactly one chunk (its placeholder run).  ``_dense``
+    it shrinks below ``_LIST_AT``) and ``_values[k]`` for run ``k``: an attribute word, or
+    the ``DenseChunk`` holding the pages of a run that is exactly one chunk (its placeholder).  ``_dense``
     maps a chunk number to its ``DenseChunk``, so a lookup there needs no bisect.  A lookup
     elsewhere is one ``bisect_right`` on ``_bounds`` (an odd index means the gfn lies inside
     run ``index // 2``), or none when the ``LookupCache`` (built by the first ``get``) knows
