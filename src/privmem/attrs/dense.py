@@ -10,9 +10,9 @@ from .bitplane import changes, count, fill, ones_runs, value_runs, window
 _SLOT = 8                                  # one list slot or array item
 _INT = sys.getsizeof(1 << 20)              # a count, bit or key too large for the small-int cache
 # What a store spends per dense chunk besides the chunk itself: its placeholder run (two
-# bounds and a value slot) and its entry in the chunk dict (slot, hash and key, about 3 slots
-# at a dict's usual load, plus the key's int).
-STORE_ENTRY_BYTES = 3 * _SLOT + 3 * _SLOT + _INT
+# bounds and a value slot), its entry in the chunk dict (slot, hash and key, about 3 slots
+# at a dict's usual load, plus the key's int) and its plane table slot.
+STORE_ENTRY_BYTES = 3 * _SLOT + 3 * _SLOT + _INT + _SLOT
 
 
 class DenseChunk:

@@ -234,7 +234,8 @@ class MemoryAttributes:
             yield pending
 
     def assign_pages(self, first: int, end: int, attributes: int) -> bool:
-        """Set ``[first, end)`` to ``attributes`` (already validated); False if nothing changed."""
+        """Set ``[first, end)`` to ``attributes`` (already validated); False if nothing changed.
+        Complexity as ``set``'s (see the class docstring)."""
         if self._uniform(first, end, attributes):
             return False
         if self._dense:
@@ -276,10 +277,11 @@ class MemoryAttributes:
     @property
     def nbytes(self) -> int:
         """Memory held: the bounds, the value list and every distinct int they point to, the
-        dense chunks and their dict, and the lookup cache."""
+        dense chunks, their dict and plane table, and the lookup cache.  O(n)."""
         seen: set[int] = set()
         bounds = self._bounds
-        total = sys.getsizeof(bounds) + sys.getsizeof(self._values) + sys.getsizeof(self._dense)
+        total = (sys.getsizeof(bounds) + sys.getsizeof(self._values) + sys.getsizeof(self._dense)
+                 + sys.getsizeof(self._plane_table))
         for value in (*(bounds if bounds.__class__ is list else ()), *self._values, *self._dense):
             if value.__class__ is int and id(value) not in seen:
                 seen.add(id(value))
@@ -520,7 +522,7 @@ class MemoryAttributes:
         return used.bit_count()
 
     def clear(self) -> None:
-        """Make every page shared again."""
+        """Make every page shared again.  O(n)."""
         self._bounds = []
         self._values.clear()
         self._dense.clear()
@@ -530,7 +532,8 @@ class MemoryAttributes:
     # -- invariants ------------------------------------------------------------------
 
     def check(self) -> None:
-        """Verify every invariant in the class docstring; raise AssertionError with a dump."""
+        """Verify every invariant in the class docstring; raise AssertionError with a dump.
+        O(n) plus O(chunk / 8) per dense chunk."""
         bounds, values, shift = self._bounds, self._values, self.chunk_shift
 
         def fail(why: str) -> None:
