@@ -14,8 +14,9 @@ guest's bitmap, not run).
 Per row: footprint (``nbytes``), entries, build time, single-page set/s (a random page
 flipped to the other value and back), get/s (random pages), has/s (random 1-512 page
 windows), ranges() over the whole guest, and "set all" (the whole guest made private in
-one call, from the built state).  The rates of one guest and pattern are timed in five
-interleaved rounds, best round each, so the host's other work weighs on all alike.
+one call, from the built state).  The rates of one guest and pattern are timed in 25
+interleaved rounds of one batch each (about a millisecond), best round each, so the host's
+other work weighs on all alike and a round it interrupts does not count.
 
 What is not run page by page, so the bench takes a couple of minutes, not hours:
   - hostile beyond 1 GiB: the first GiB is made shared page by page in shuffled order through
@@ -24,7 +25,8 @@ What is not run page by page, so the bench takes a couple of minutes, not hours:
     bitmap load's (the form rule does not depend on the order).  ``store-v1`` and
     ``pagemap`` are not run there: a run or an entry per page would take tens of GiB.
   - ranges() is timed over a window from page 0, doubled from 1 GiB until it covers the
-    guest or takes 0.3 s; a window short of the guest is scaled to it ("~").
+    guest or takes 0.3 s; a window short of the guest is scaled to it ("~").  The fragmented
+    pattern, all in its first GiB, is always timed whole.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from dataclasses import asdict, dataclass
 from ..attrs import ATTR_PRIVATE, BitmapAttributes, MemoryAttributes, PageMapAttributes
 from ..units import GiB, PAGE_SHIFT, PAGE_SIZE, TiB
 from .store_v1 import RunStoreV1
-from .timing import once as _once, rate
+from .timing import once as _once
 from .xarray_model import xarray_bytes
 
 GUESTS = {"1GiB": GiB, "64GiB": 64 * GiB, "1TiB": TiB, "2TiB": 2 * TiB}
@@ -46,7 +48,7 @@ PATTERNS = ("well-behaved", "fragmented", "hostile")
 PAGEMAP_LIMIT = 64 * GiB  # the per-page map needs ~100 B per page: 64 GiB of guest is ~1.7 GB of dict
 PER_PAGE_LIMIT = GiB      # made shared page by page up to here; the rest of a hostile guest is loaded
 RANGES_BUDGET_S = 0.3
-RATE_ROUNDS, RATE_ROUND_S = 5, 0.02
+RATE_ROUNDS = 25  # rounds of rate batches, interleaved across structures; the best round counts
 KERNEL_SET_S, KERNEL_SET_BYTES = 30.0, 1.9e12  # the kernel's reported time to set a 1.9 TB SNP guest
 _PRIVATE_EVEN_PAGES = b"\x55"  # every other page private (pages 0, 2, 4, 6 of each byte's eight)
 
@@ -121,15 +123,16 @@ def _check_same_form(store: MemoryAttributes) -> None:
         raise AssertionError("hostile build: the page-by-page first GiB is not stored as a bitmap load stores it")
 
 
-def _time_ranges(store, memory: int) -> tuple[float, int, bool]:
+def _time_ranges(store, memory: int, pattern: str) -> tuple[float, int, bool]:
     """ranges() over the guest: (seconds, runs, scaled) from the smallest window from page 0,
-    doubled from 1 GiB, that covers the guest or takes RANGES_BUDGET_S."""
+    doubled from 1 GiB, that covers the guest or takes RANGES_BUDGET_S.  Only patterns spread
+    evenly over the guest are scaled: the fragmented one (all in the first GiB) is timed whole."""
     window = min(GiB, memory)
     while True:
         start = time.perf_counter()
         runs = sum(1 for _ in store.ranges(0, window))
         elapsed = time.perf_counter() - start
-        if window >= memory or elapsed >= RANGES_BUDGET_S:
+        if window >= memory or (elapsed >= RANGES_BUDGET_S and pattern != "fragmented"):
             break
         window = min(2 * window, memory)
     scale = memory / window
@@ -175,10 +178,10 @@ class _Row:
             set_(gpa, PAGE_SIZE, value)
 
     def time_rates(self) -> None:
-        """One round of each rate; the best round counts."""
+        """One round: each operation batch once (a millisecond or so); the best round counts."""
         for name, fn, count in (("get", self.do_get, len(self.addresses)), ("has", self.do_has, len(self.windows)),
                                 ("set", self.do_set, 2 * len(self.flips))):
-            self.rates[name] = max(self.rates[name], rate(fn, count, min_seconds=RATE_ROUND_S))
+            self.rates[name] = max(self.rates[name], count / _once(lambda: fn(count)))
 
 
 def measure(guest: str, memory: int, pattern: str, include_pagemap: bool = True, progress=None,
@@ -200,7 +203,7 @@ def measure(guest: str, memory: int, pattern: str, include_pagemap: bool = True,
         ranges_s = ranges_runs = None
         ranges_scaled = False
         if structure != "pagemap" or memory <= GiB:  # its ranges() sorts every entry, whatever the window
-            ranges_s, ranges_runs, ranges_scaled = _time_ranges(store, memory)
+            ranges_s, ranges_runs, ranges_scaled = _time_ranges(store, memory, pattern)
         footprint, entries = store.nbytes, len(store) if structure != "bitmap" else 0
         modelled = []
         if structure == "bitmap":
@@ -230,7 +233,7 @@ def as_json(results: list[StoreResult]) -> list[dict]:
     return [asdict(r) for r in results]
 
 
-def _rate(value: float | None) -> str:
+def _shown_rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
@@ -253,8 +256,8 @@ def table(results: list[StoreResult]):
             f"{'~' if r.ranges_scaled else ''}{r.ranges_s:.3f} s / {r.ranges_runs:,} runs"
         set_all = "-" if r.set_all_ms is None else f"{r.set_all_ms:.3f} ms"
         out.add_row(r.guest, r.pattern, r.structure, f"{r.entries:,}" if r.entries else "-",
-                    format_size(r.footprint_bytes), ratio, build, _rate(r.set_ops_s), _rate(r.get_ops_s),
-                    _rate(r.has_ops_s), ranges, set_all)
+                    format_size(r.footprint_bytes), ratio, build, _shown_rate(r.set_ops_s), _shown_rate(r.get_ops_s),
+                    _shown_rate(r.has_ops_s), ranges, set_all)
     return out
 
 
