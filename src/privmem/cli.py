@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=cmd_bench)
     kinds = bench.add_subparsers(dest="bench_kind")
     store = kinds.add_parser("store", help="the attribute store vs a bitmap and a per-page map")
-    store.add_argument("--guests", type=_choices("guests", ("1GiB", "64GiB", "1TiB")), default=("1GiB", "64GiB", "1TiB"))
+    store.add_argument("--guests", type=_choices("guests", ("1GiB", "64GiB", "1TiB", "2TiB")), default=("1GiB", "64GiB", "1TiB", "2TiB"))
     store.add_argument("--no-pagemap", action="store_true", help="skip the per-page map")
     store.add_argument("--json-out", default="privmem-bench-store.json")
     store.set_defaults(handler=cmd_bench_store)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 
 from ..errors import InvalidArgument
 from ..units import PAGE_SHIFT, is_page_aligned
-from .validate import ATTR_PRIVATE, check_range, check_set, check_window
+from .validate import ATTR_PRIVATE, check_bitmap, check_range, check_set, check_window
 
 _FULL = 0xFF
+_NOT_ALL_SHARED = re.compile(rb"[^\x00]")   # a byte holding a private page
+_NOT_ALL_PRIVATE = re.compile(rb"[^\xff]")  # a byte holding a shared page
 
 class BitmapAttributes:
     """One bit per page of ``[0, memory_size)``; a set bit means PRIVATE.
@@ -76,21 +79,49 @@ class BitmapAttributes:
             if lo < hi:
                 self.set(lo << PAGE_SHIFT, (hi - lo) << PAGE_SHIFT, attributes)
 
+    def load_bitmap(self, address: int, bits: bytes, attributes: int) -> None:
+        first, end = check_bitmap(address, bits, attributes, self.supported)
+        self._inside(first, end)
+        if not first & 7:  # byte-aligned: one copy
+            self._bits[first >> 3:(first >> 3) + len(bits)] = bits if attributes else bytes(len(bits))
+            return
+        for k in range(end - first):
+            gfn = first + k
+            if attributes and bits[k >> 3] >> (k & 7) & 1:
+                self._bits[gfn >> 3] |= 1 << (gfn & 7)
+            else:
+                self._bits[gfn >> 3] &= ~(1 << (gfn & 7)) & _FULL
+
     def ranges(self, address: int = 0, size: int | None = None) -> Iterator[tuple[int, int, int]]:
         first, end = check_window(address, size)
         end = min(end, self._npages)
         gfn = first
         while gfn < end:
-            if not self._bits[gfn >> 3]:
-                gfn = (gfn | 7) + 1
-                continue
-            if self.get(gfn << PAGE_SHIFT):
-                start = gfn
-                while gfn < end and self.get(gfn << PAGE_SHIFT):
-                    gfn += 1
-                yield start << PAGE_SHIFT, (gfn - start) << PAGE_SHIFT, ATTR_PRIVATE
-            else:
-                gfn += 1
+            start = self._next(gfn, end, 1)
+            if start >= end:
+                return
+            gfn = self._next(start, end, 0)
+            yield start << PAGE_SHIFT, (gfn - start) << PAGE_SHIFT, ATTR_PRIVATE
+
+    def _next(self, gfn: int, end: int, bit: int) -> int:
+        """The first page in ``[gfn, end)`` whose bit is ``bit``, or ``end``: page by page
+        inside a byte, whole bytes of the other value skipped by a regex search."""
+        bits = self._bits
+        while gfn < end and gfn & 7:
+            if bits[gfn >> 3] >> (gfn & 7) & 1 == bit:
+                return gfn
+            gfn += 1
+        if gfn >= end:
+            return end
+        found = (_NOT_ALL_SHARED if bit else _NOT_ALL_PRIVATE).search(bits, gfn >> 3)
+        if found is None:
+            return end
+        gfn = found.start() << 3
+        while gfn < end:
+            if bits[gfn >> 3] >> (gfn & 7) & 1 == bit:
+                return gfn
+            gfn += 1
+        return end
 
     def pages(self, attributes: int) -> int:
         private = int.from_bytes(self._bits, "little").bit_count()
@@ -100,6 +131,10 @@ class BitmapAttributes:
 
     def __len__(self) -> int:
         return self._npages
+
+    def to_bytes(self) -> bytes:
+        """The bitmap itself: bit ``k & 7`` of byte ``k >> 3`` is page k (``load_bitmap``'s order)."""
+        return bytes(self._bits)
 
     @property
     def nbytes(self) -> int:

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Iterator
 
 from ..units import ADDRESS_LIMIT, PAGE_SHIFT
-from .validate import ATTR_PRIVATE, check_range, check_set, check_window
+from .validate import ATTR_PRIVATE, check_bitmap, check_range, check_set, check_window
 
 
 class PageMapAttributes:
@@ -43,6 +43,15 @@ class PageMapAttributes:
         else:
             for gfn in range(first, end):
                 pages.pop(gfn, None)
+
+    def load_bitmap(self, address: int, bits: bytes, attributes: int) -> None:
+        first, end = check_bitmap(address, bits, attributes, self.supported)
+        for gfn in range(first, end):
+            k = gfn - first
+            if attributes and bits[k >> 3] >> (k & 7) & 1:
+                self._pages[gfn] = attributes
+            else:
+                self._pages.pop(gfn, None)
 
     def ranges(self, address: int = 0, size: int | None = None) -> Iterator[tuple[int, int, int]]:
         first, end = check_window(address, size)

@@ -38,6 +38,15 @@ def check_set(address: int, size: int, attributes: int, flags: int, supported: i
     return check_range(address, size)
 
 
+def check_bitmap(address: int, bits: object, attributes: int, supported: int) -> tuple[int, int]:
+    """Validate a bitmap load (``load_bitmap``): ``bits`` first, then as a set request of one
+    page per bit from ``address``; return the half-open gfn range it covers."""
+    if not isinstance(bits, (bytes, bytearray)) or not bits:
+        shown = bytes(bits) if isinstance(bits, (bytes, bytearray)) else type(bits).__name__
+        raise InvalidArgument("bits", shown, "must be non-empty bytes", hex_value=False)
+    return check_set(address, len(bits) << (3 + PAGE_SHIFT), attributes, 0, supported)
+
+
 def check_range(address: int, size: int) -> tuple[int, int]:
     """Validate a page range as the kernel does; return ``(first gfn, end gfn)``."""
     # Valid ranges take one combined test (this runs once per conversion); the checks that

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 
-from ..attrs.ranges import MemoryAttributes
+from ..attrs.ranges import CHUNK_SHIFT, MemoryAttributes
 from ..units import ADDRESS_LIMIT, PAGE_SHIFT
 
 HELD_SHARED = 1   # the page is private; its shared backing page is still held
@@ -26,6 +26,19 @@ class HeldMemory:
     was held again later is aged from its latest hold, not its first.  Arguments are byte
     ranges already validated by the tracker.
 
+    The books are the attribute store's representation (``MemoryAttributes`` over words), so
+    they stay bounded whatever the guest does: per chunk, coalesced runs or one bit plane per
+    bit the held values use there.  Without ages (``never``, ``eager``, ``keep-shared``) the
+    values are the two sides, so a chunk costs at most about two bitmaps of it; with ages
+    every hold's tag adds bits, up to ``2 + tags.bit_length()`` planes, and each hold also
+    costs its fifo entry and ``_live`` count (the draining policies' budget bounds how many
+    are held at once).
+
+    Complexity: ``hold``, ``release`` and ``reclaim`` O(log n + k) for k held runs in the range
+    (plus the store's O(range / 8) in dense chunks); ``take_oldest`` that per entry taken;
+    ``oldest_time`` O(1) amortised (stale entries are dropped once); ``runs`` and ``check``
+    O(n).
+
     Invariants (``check()``): the store's own; ``held_bytes[side]`` equals the bytes the
     store marks with that side; ``_live[value]`` equals the bytes the store marks with each
     tagged value (so a fifo entry is live exactly when its value is a key); fifo times never
@@ -33,9 +46,9 @@ class HeldMemory:
     stays empty.  Not thread-safe: the engine holds its lock around every call.
     """
 
-    def __init__(self, track_age: bool = True):
+    def __init__(self, track_age: bool = True, *, chunk_shift: int = CHUNK_SHIFT):
         self.track_age = track_age
-        self._store = MemoryAttributes(supported=ADDRESS_LIMIT - 1)
+        self._store = MemoryAttributes(supported=ADDRESS_LIMIT - 1, chunk_shift=chunk_shift)
         self._fifo: deque[tuple[float, int, int, int]] = deque()
         self._tags = itertools.count(1)
         self._live: dict[int, int] = {}   # tagged value -> bytes still held under it
