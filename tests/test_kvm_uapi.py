@@ -22,6 +22,7 @@ SIZES = {
     uapi.kvm_cpuid_entry2: 40,
     uapi.kvm_cpuid2: 8,
     uapi.kvm_guest_debug: 72,
+    uapi.kvm_memory_attributes2: 128,
 }
 
 OFFSETS = {
@@ -33,6 +34,7 @@ OFFSETS = {
     uapi.kvm_cpuid_entry2: dict(function=0, index=4, flags=8, eax=12, ebx=16, ecx=20, edx=24, padding=28),
     uapi.kvm_cpuid2: dict(nent=0, padding=4),
     uapi.kvm_guest_debug: dict(control=0, pad=4, debugreg=8),
+    uapi.kvm_memory_attributes2: dict(offset=0, size=8, attributes=16, flags=24, error_offset=32, reserved=40),
     uapi.kvm_memory_attributes: dict(address=0, size=8, attributes=16, flags=24),
     uapi.kvm_enable_cap: dict(cap=0, flags=4, args=8, pad=40),
     uapi.kvm_regs: dict(rax=0, rbx=8, rcx=16, rdx=24, rsi=32, rdi=40, rsp=48, rbp=56, r8=64, r15=120,
@@ -67,6 +69,7 @@ IOCTLS = {
     "KVM_GET_REGS": 0x8090AE81, "KVM_SET_REGS": 0x4090AE82,
     "KVM_GET_SREGS": 0x8138AE83, "KVM_SET_SREGS": 0x4138AE84, "KVM_SET_TSS_ADDR": 0xAE47,
     "KVM_GET_SUPPORTED_CPUID": 0xC008AE05, "KVM_SET_CPUID2": 0x4008AE90, "KVM_SET_GUEST_DEBUG": 0x4048AE9B,
+    "KVM_SET_MEMORY_ATTRIBUTES2": 0xC080AED2,           # reference section 3 (provisional)
 }
 
 

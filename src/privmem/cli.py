@@ -180,7 +180,7 @@ def cmd_run(args) -> int:
                          seed=args.seed, scale=args.scale or 1.0, layout=args.layout)
         program, name = compile_trace(trace, args.timing), trace.name
     with program:
-        result = run_program(program, name, args.policy, args.backend, tracking=args.tracking)
+        result = run_program(program, name, args.policy, args.backend, tracking=args.tracking, backing=args.backing)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:
@@ -244,7 +244,7 @@ def cmd_soak(args) -> int:
     from .soak import format_soak, run_soak
 
     result = run_soak(args.seconds, vcpus=args.vcpus, memory=args.memory, policy=args.policy,
-                      backend=args.backend, seed=args.seed, data_check=args.data_check)
+                      backend=args.backend, seed=args.seed, data_check=args.data_check, backing=args.backing)
     print(json.dumps(result, indent=2) if args.json else format_soak(result))
     failed = any(result[key] for key in ("data_errors", "dma_errors", "psc_errors", "state_errors"))
     return 1 if failed else 0
@@ -262,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .convert import POLICIES
     from .memmap import LAYOUTS
     from .runner import BACKENDS, TRACKINGS
+    from .vmm.machine import BACKINGS
     from .vmm.program import TIMINGS
     from .workload import IMPORTERS, WORKLOADS
     from .workload.stats import DEFAULT_FLIP_MS
@@ -314,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--scale", type=float)
     run.add_argument("--layout", type=_choice("layout", LAYOUTS), help="guest memory layout (default flat)")
+    run.add_argument("--backing", type=_choice("backing", BACKINGS), default="two-file",
+                     help="two-file (guest_memfd + memfd, the policy decides discards) or in-place (one "
+                          "guest_memfd for both views: nothing discarded)")
     run.add_argument("--timing", type=_choice("timing", TIMINGS), default="none",
                      help="recorded: replay the gaps between a trace's recorded events")
     run.add_argument("--json", action="store_true")
@@ -362,7 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--seconds", type=float, default=10.0)
     soak.add_argument("--vcpus", type=_positive_int("vcpus"), default=2)
     soak.add_argument("--memory", type=_size("memory"), default=64 << 20)
-    soak.add_argument("--policy", type=_choice("policy", POLICIES), default="lazy")
+    soak.add_argument("--policy", type=_choice("policy", POLICIES),
+                      help="discard policy (default lazy; never with --backing in-place)")
+    soak.add_argument("--backing", type=_choice("backing", BACKINGS), default="two-file",
+                      help="two-file (guest_memfd + memfd) or in-place (one guest_memfd for both views)")
     soak.add_argument("--backend", type=_choice("backend", BACKENDS))
     soak.add_argument("--seed", type=int, default=0)
     soak.add_argument("--data-check", type=_choice("data-check", ("full", "sampled")), default="full",

@@ -74,7 +74,8 @@ class RunResult:
     regions: list = field(default_factory=list)
     ops: int = 0
     timing: str = "none"
-    peak_rss_bytes: int = 0          # the VMM process's peak resident set (getrusage), so far
+    peak_rss_bytes: int = 0          # the VMM process's peak resident set (VmHWM), so far
+    backing: str = "two-file"        # or "in-place": one guest_memfd serving both views
     timeline: list = field(default_factory=list)  # [(seconds, books bytes, kernel bytes or None)]
 
     def as_dict(self, timeline: bool = False) -> dict:
@@ -84,22 +85,26 @@ class RunResult:
         return out
 
 
-def make_machine(backend: str, memory_map: GuestMemoryMap, vcpus: int, policy: str, tracking: str = "store"):
+def make_machine(backend: str, memory_map: GuestMemoryMap, vcpus: int, policy: str, tracking: str = "store",
+                 backing: str = "two-file"):
     if backend not in BACKENDS:
         raise InvalidArgument("backend", backend, f"unknown (choose from {', '.join(BACKENDS)})", hex_value=False)
     if tracking not in TRACKINGS:
         raise InvalidArgument("tracking", tracking, f"unknown (choose from {', '.join(TRACKINGS)})",
                               hex_value=False)
+    from .vmm.machine import Machine, check_backing
+    check_backing(backing)
+    if tracking == "memslots" and backing != "two-file":
+        raise InvalidArgument("tracking", tracking, "memslot tracking needs the two-file backing", hex_value=False)
     if backend == "host":
         if tracking != "store":
             raise InvalidArgument("tracking", tracking, "memslot tracking needs the kvm backend", hex_value=False)
         from .vmm.host import HostMachine
-        return HostMachine(vcpus=vcpus, policy=policy, memory_map=memory_map)
-    from .vmm.machine import Machine
+        return HostMachine(vcpus=vcpus, policy=policy, memory_map=memory_map, backing=backing)
     if tracking == "memslots":
         from .vmm.memslots import MemslotMachine
         return MemslotMachine(vcpus=vcpus, policy=policy, memory_map=memory_map)
-    return Machine(vcpus=vcpus, policy=policy, memory_map=memory_map)
+    return Machine(vcpus=vcpus, policy=policy, memory_map=memory_map, backing=backing)
 
 
 class _Sampler(threading.Thread):
@@ -123,7 +128,7 @@ class _Sampler(threading.Thread):
         engine = self.machine.engine
         measured = None
         if kernel:
-            held = engine.shared.allocated_bytes() + engine.private.allocated_bytes()
+            held = engine.allocated_bytes()
             self.peak_host_bytes = max(self.peak_host_bytes, held)
             measured = engine.measure_double_allocation()
             self.peak_double_measured = max(self.peak_double_measured, measured)
@@ -143,12 +148,12 @@ def compile_trace(trace: Trace, timing: str = "none") -> Program:
 
 def run_program(program: Program, name: str, policy: str = "never", backend: str | None = None,
                 tracking: str = "store", sample_interval: float = SAMPLE_INTERVAL, timeout: float | None = None,
-                machine_hook=None) -> RunResult:
+                machine_hook=None, backing: str = "two-file") -> RunResult:
     """Run a compiled program on a fresh machine of its memory map; the machine is closed
     before this returns.  ``machine_hook(machine)`` runs once the machine exists (the CLI
     uses it to close the machine on a signal)."""
     backend = backend or default_backend()
-    with make_machine(backend, program.memory_map, program.vcpus, policy, tracking) as machine:
+    with make_machine(backend, program.memory_map, program.vcpus, policy, tracking, backing) as machine:
         if machine_hook is not None:
             machine_hook(machine)
         sampler = _Sampler(machine, sample_interval)
@@ -171,7 +176,7 @@ def run_program(program: Program, name: str, policy: str = "never", backend: str
             budget_bytes=getattr(machine.engine.policy, "budget", None),
             peak_double_alloc_measured_bytes=sampler.peak_double_measured, layout=memory_map.name,
             regions=memory_map.as_json(), ops=program.ops, timing=program.timing,
-            peak_rss_bytes=peak_rss_bytes(), timeline=sampler.timeline)
+            peak_rss_bytes=peak_rss_bytes(), backing=backing, timeline=sampler.timeline)
 
 
 def open_trace(path, timing: str = "none") -> tuple[Program, str, list[str]]:
@@ -190,10 +195,10 @@ def open_trace(path, timing: str = "none") -> tuple[Program, str, list[str]]:
 
 
 def run_trace(trace: Trace, policy: str = "never", backend: str | None = None, tracking: str = "store",
-              sample_interval: float = SAMPLE_INTERVAL, timing: str = "none") -> RunResult:
+              sample_interval: float = SAMPLE_INTERVAL, timing: str = "none", backing: str = "two-file") -> RunResult:
     """Compile and run ``trace`` on a fresh machine."""
     with compile_trace(trace, timing) as program:
-        return run_program(program, trace.name, policy, backend, tracking, sample_interval)
+        return run_program(program, trace.name, policy, backend, tracking, sample_interval, backing=backing)
 
 
 def peak_rss_bytes() -> int:

@@ -37,7 +37,7 @@ CHUNK_OPS = 150                 # ops per vCPU per run_ops call
 MAX_RUN = 8                     # pages per data op (guest data ops are emulated: keep them short)
 TIMEOUT = 120.0
 
-KEYS = ("backend", "policy", "memory", "vcpus", "seed", "data_check", "seconds", "chunks", "ops", "conversions",
+KEYS = ("backend", "backing", "policy", "memory", "vcpus", "seed", "data_check", "seconds", "chunks", "ops", "conversions",
         "conversions_per_s", "pages_converted", "psc_retries", "psc_errors", "data_errors", "dma_errors",
         "state_errors", "verified_pages", "discards", "peak_double_allocated_bytes")
 
@@ -123,8 +123,8 @@ def _layout(machine, memory: int, vcpus: int) -> tuple[list[int], int]:
     return own, common
 
 
-def run_soak(seconds: float, vcpus: int = 2, memory: int | str = "64M", policy: str = "lazy",
-             backend: str | None = None, seed: int = 0, data_check: str = "full") -> dict:
+def run_soak(seconds: float, vcpus: int = 2, memory: int | str = "64M", policy: str | None = None,
+             backend: str | None = None, seed: int = 0, data_check: str = "full", backing: str = "two-file") -> dict:
     """Soak one machine for ``seconds``; see the module docstring.  Raises InvalidArgument
     naming the bad argument (seconds, vcpus, memory, policy, backend, seed, data_check).
 
@@ -151,7 +151,9 @@ def run_soak(seconds: float, vcpus: int = 2, memory: int | str = "64M", policy: 
             totals[key] += getattr(result, key)
 
     rng = random.Random(seed)
-    with make_machine(backend, GuestMemoryMap.flat(memory), vcpus, policy) as machine:
+    if policy is None:
+        policy = "never" if backing == "in-place" else "lazy"
+    with make_machine(backend, GuestMemoryMap.flat(memory), vcpus, policy, backing=backing) as machine:
         if hasattr(machine, "data_check"):
             machine.data_check = data_check
         own, common = _layout(machine, memory, vcpus)
@@ -190,7 +192,7 @@ def run_soak(seconds: float, vcpus: int = 2, memory: int | str = "64M", policy: 
         stats = machine.engine.stats
         conversions = totals["conversions"]
         return {
-            "backend": backend, "policy": policy, "memory": memory, "vcpus": vcpus, "seed": seed,
+            "backend": backend, "backing": backing, "policy": policy, "memory": memory, "vcpus": vcpus, "seed": seed,
             "data_check": data_check,
             "seconds": round(elapsed, 3), "chunks": chunks, "ops": totals["ops"], "conversions": conversions,
             "conversions_per_s": round(conversions / run_time, 1) if run_time > 0 else 0.0,

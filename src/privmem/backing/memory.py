@@ -34,13 +34,15 @@ _RW = syscalls.PROT_READ | syscalls.PROT_WRITE
 
 
 class _Resources:
-    """What a backing owns: its fd and its mapping.  Released by ``close()`` or, as a
-    fallback, by ``weakref.finalize``; if views of the mapping are still alive then, the
-    release waits for the last of them (a view never outlives its memory)."""
+    """What a backing owns: its fd, its mapping and any further mappings of the file.
+    Released by ``close()`` or, as a fallback, by ``weakref.finalize``; if views of the
+    mapping are still alive then, the release waits for the last of them (a view never
+    outlives its memory)."""
 
-    def __init__(self, fd: int, mapping: HostMapping | None):
+    def __init__(self, fd: int, mapping: HostMapping | None, extra: tuple[HostMapping, ...] = ()):
         self.fd = fd
         self.mapping = mapping
+        self.extra = list(extra)
 
     def release(self) -> None:
         mapping = self.mapping
@@ -53,6 +55,11 @@ class _Resources:
             self.mapping = None
             try:
                 mapping.unmap(force=True)
+            except SyscallError:
+                pass
+        while self.extra:
+            try:
+                self.extra.pop().unmap(force=True)
             except SyscallError:
                 pass
         if self.fd >= 0:
@@ -91,12 +98,13 @@ class Backing:
 
     kind = "backing"
 
-    def __init__(self, fd: int, size: int, mapping: HostMapping | None, *, owns_fd: bool = True):
+    def __init__(self, fd: int, size: int, mapping: HostMapping | None, *, owns_fd: bool = True,
+                 extra_mappings: tuple[HostMapping, ...] = ()):
         self.size = size
         self.fd = fd
         self._mapping = mapping
         self._lock = threading.RLock()
-        self._resources = _Resources(fd if owns_fd else -1, mapping)
+        self._resources = _Resources(fd if owns_fd else -1, mapping, extra_mappings)
         self._finalizer = weakref.finalize(self, self._resources.release)
 
     # state ---------------------------------------------------------------------------

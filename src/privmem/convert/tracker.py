@@ -185,6 +185,17 @@ class ConversionTracker:
         """Request and complete in one step (the VMM's fast path when nothing can fail between)."""
         return self.complete(self.request(gpa, size, private, vcpu))
 
+    def changed_ranges(self, request: Request) -> tuple[tuple[int, int], ...]:
+        """What committing ``request`` would change (it stays in flight: nobody else can
+        change those pages meanwhile), so a committer can prepare before the store moves."""
+        with self._lock:
+            first, end = request.gpa >> PAGE_SHIFT, (request.gpa + request.size) >> PAGE_SHIFT
+            return self._changed(first, end, ATTR_PRIVATE if request.private else 0)
+
+    def in_flight_ids(self) -> set[int]:
+        with self._lock:
+            return set(self._inflight)
+
     def pending(self, gpa: int, size: int) -> bool:
         check_range(gpa, size)
         end = gpa + size

@@ -55,6 +55,8 @@ KVM_SET_USER_MEMORY_REGION2 = _IOW(K, 0x49, uapi.kvm_userspace_memory_region2)
 KVM_ENABLE_CAP = _IOW(K, 0xA3, uapi.kvm_enable_cap)
 KVM_SET_MEMORY_ATTRIBUTES = _IOW(K, 0xD2, uapi.kvm_memory_attributes)
 KVM_CREATE_GUEST_MEMFD = _IOWR(K, 0xD4, uapi.kvm_create_guest_memfd)
+# guest_memfd (in-place conversion series, NOT MERGED: the same nr as the VM ioctl, a larger struct)
+KVM_SET_MEMORY_ATTRIBUTES2 = _IOWR(K, 0xD2, uapi.kvm_memory_attributes2)
 # vCPU
 KVM_RUN = _IO(K, 0x80)
 KVM_GET_REGS = _IOR(K, 0x81, uapi.kvm_regs)

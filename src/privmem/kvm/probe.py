@@ -22,7 +22,7 @@ _MAP_PRIVATE_ANON = 0x02 | 0x20
 
 KEYS = ("kvm", "api_version", "vm_types", "memory_attributes", "guest_memfd", "guest_memfd_flags",
         "user_memory2", "memory_fault_info", "exit_hypercall", "hypercall_exit_works", "max_memslots",
-        "max_vcpus", "gpa_width", "shared_bit", "huge_pages_1g", "long_mode")
+        "max_vcpus", "gpa_width", "shared_bit", "huge_pages_1g", "long_mode", "memory_attributes2")
 
 
 class CpuFeatures(NamedTuple):
@@ -85,6 +85,7 @@ def probe(path: str = DEV_KVM, *, measure: bool = True, timeout: float = 0.2) ->
             features = cpu_features(kvm)
             info.update(gpa_width=features.gpa_width, shared_bit=features.shared_bit,
                         huge_pages_1g=features.huge_pages_1g, long_mode=features.long_mode)
+            info["memory_attributes2"] = _probe_in_place(kvm)
         except KvmError:
             return info
         info["kvm"] = True
@@ -96,6 +97,22 @@ def probe(path: str = DEV_KVM, *, measure: bool = True, timeout: float = 0.2) ->
         elif measure:
             info["hypercall_exit_works"] = False
     return info
+
+
+def _probe_in_place(kvm: Kvm) -> dict:
+    """Whether guest_memfd takes KVM_SET_MEMORY_ATTRIBUTES2 (in-place conversion), asked of a
+    one-page guest_memfd of a fresh VM."""
+    import os
+
+    from .gmem import probe_memory_attributes2
+
+    with kvm.create_vm() as vm:
+        fd = vm.create_guest_memfd(4096, 0)
+        try:
+            offered, why = probe_memory_attributes2(fd)
+        finally:
+            os.close(fd)
+    return {"offered": offered, "why": why}
 
 
 # real mode at 0x0: vmcall; hlt
@@ -177,6 +194,9 @@ def format_info(info: dict) -> str:
          if info["gpa_width"] else "unknown"),
         ("1 GiB pages for the guest", yes(info["huge_pages_1g"])),
         ("long mode for the guest", yes(info["long_mode"])),
+        ("in-place conversion (KVM_SET_MEMORY_ATTRIBUTES2)",
+         (yes(info["memory_attributes2"]["offered"]) + f" ({info['memory_attributes2']['why']})")
+         if info.get("memory_attributes2") else "unknown"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

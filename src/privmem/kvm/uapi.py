@@ -135,6 +135,13 @@ class kvm_memory_attributes(ctypes.Structure):
     _fields_ = [("address", u64), ("size", u64), ("attributes", u64), ("flags", u64)]
 
 
+class kvm_memory_attributes2(ctypes.Structure):
+    """The in-place conversion series' argument (v7/v8, NOT MERGED: numbers provisional),
+    issued on a guest_memfd fd: a file ``offset`` instead of a GPA, ``error_offset`` out."""
+    _fields_ = [("offset", u64), ("size", u64), ("attributes", u64), ("flags", u64),
+                ("error_offset", u64), ("reserved", u64 * 11)]
+
+
 class kvm_enable_cap(ctypes.Structure):
     _fields_ = [("cap", u32), ("flags", u32), ("args", u64 * 4), ("pad", u8 * 64)]
 

@@ -87,6 +87,28 @@ def check_machine_size(memory_map: GuestMemoryMap, vcpus: object, backend: str =
         raise InvalidArgument("vcpus", vcpus, f"must be in 1..{MAX_VCPUS} (the machine's limit)", hex_value=False)
 
 
+BACKINGS = ("two-file", "in-place")
+
+
+def check_backing(backing: str) -> str:
+    if backing not in BACKINGS:
+        raise InvalidArgument("backing", backing, f"unknown (choose from {', '.join(BACKINGS)})", hex_value=False)
+    return backing
+
+
+def make_in_place_engine(backing, memory_map: GuestMemoryMap, policy: str = "never", native=None):
+    """The in-place engine over ``backing``; ``policy`` must be "never" (nothing is discarded,
+    so no discard policy applies)."""
+    from ..attrs import MemoryAttributes
+    from ..convert import ConversionTracker
+    from ..convert.inplace import InPlaceEngine
+
+    if policy not in ("never", "in-place"):
+        raise InvalidArgument("policy", policy, "in-place conversion discards nothing: no discard policy applies "
+                              "(use never, or the two-file backing)", hex_value=False)
+    return InPlaceEngine(ConversionTracker(MemoryAttributes()), backing, memory_map, native=native)
+
+
 def _segment(seg, selector: int, type_: int, long_mode: bool) -> None:
     seg.base, seg.limit, seg.selector, seg.type = 0, 0xFFFFFFFF, selector, type_
     seg.present, seg.dpl, seg.s, seg.g, seg.avl, seg.unusable = 1, 0, 1, 1, 0, 0
@@ -108,16 +130,22 @@ class Machine:
     ``close()`` is idempotent and may be called from another thread during a run (the run
     stops and raises ``Interrupted``; close returns once everything is released).
     ``guest_program`` names the guest to load from ``vmm/guest`` (default the trace player;
-    the robustness tests load a hostile one).
+    the robustness tests load a hostile one).  ``backing``: "two-file" (default: a
+    guest_memfd for private memory, a memfd for shared memory, a discard policy between
+    them) or "in-place" (one guest_memfd serves both views; conversions change the shared
+    view's protections and zero the pages that change hands, and never allocate or discard:
+    ``privmem.convert.inplace``).
     """
 
     backend = "kvm"
 
     def __init__(self, memory: int | str = "64M", vcpus: int = 1, engine=None, policy: str = "never", *,
                  layout: str | None = None, memory_map: GuestMemoryMap | None = None, initial: str = "private",
-                 kvm_path: str = DEV_KVM, data_check: str = "sampled", guest_program: str = "player"):
+                 kvm_path: str = DEV_KVM, data_check: str = "sampled", guest_program: str = "player",
+                 backing: str = "two-file"):
         self.memory_map = resolve_memory_map(memory, layout, memory_map)
         self.guest_program = guest_program
+        self.backing = check_backing(backing)
         check_machine_size(self.memory_map, vcpus)
         if initial not in ("private", "shared"):
             raise InvalidArgument("initial", initial, "must be 'private' or 'shared'", hex_value=False)
@@ -168,21 +196,34 @@ class Machine:
         shared_cls, private_cls = _backing_classes()
         ram = self.memory_map.ram_bytes
         gmem = vm.create_guest_memfd(ram, gmem_flags)
-        try:
-            self.private = private_cls.from_guest_memfd(gmem, ram, mmap_flag=True)
-        except BaseException:
-            os.close(gmem)
-            raise
-        self.shared = shared_cls.create(ram)
+        if self.backing == "in-place":
+            # One guest_memfd, both views: the alias slot's userspace_addr is a second mapping
+            # of the same file (reference section 5 probed this), so no second backing exists.
+            from ..backing.inplace import InPlaceBacking
+            try:
+                self.private = self.shared = InPlaceBacking.from_guest_memfd(gmem, ram,
+                                                                           initial_shared=initial == "shared")
+            except BaseException:
+                os.close(gmem)
+                raise
+            private_hva = self.private.private_hva
+        else:
+            try:
+                self.private = private_cls.from_guest_memfd(gmem, ram, mmap_flag=True)
+            except BaseException:
+                os.close(gmem)
+                raise
+            self.shared = shared_cls.create(ram)
+            # KVM on this host reaches a guest_memfd-only slot through userspace_addr (kvm/slotmap.py):
+            # give it a mapping of its own that sealing the private backing does not revoke.
+            self._slot_map = SlotMapping(self.private.fd, ram)
+            private_hva = self._slot_map.addr
         self.firmware = shared_cls.create(self.layout.size, "privmem-firmware")
-        # KVM on this host reaches a guest_memfd-only slot through userspace_addr (kvm/slotmap.py):
-        # give it a mapping of its own that sealing the private backing does not revoke.
-        self._slot_map = SlotMapping(self.private.fd, ram)
         regions = self.memory_map.regions
         self.slot_firmware = 2 * len(regions)
         for index, region in enumerate(regions):
             vm.set_user_memory_region2(self.private_slot(index), uapi.KVM_MEM_GUEST_MEMFD, region.gpa, region.size,
-                                       self._slot_map.addr + region.offset, self.private.fd, region.offset)
+                                       private_hva + region.offset, self.private.fd, region.offset)
             vm.set_user_memory_region2(self.shared_slot(index), 0, self.shared_bit + region.gpa, region.size,
                                        self.shared.hva + region.offset)
         vm.set_user_memory_region2(self.slot_firmware, 0, self.layout.gpa, self.layout.size, self.firmware.hva)
@@ -253,6 +294,13 @@ class Machine:
         self.firmware.write(self._dispatch_offset, b"".join((base + r).to_bytes(8, "little") for r in routines))
 
     def _make_engine(self, engine, policy: str):
+        if engine is None and self.backing == "in-place":
+            from ..kvm.gmem import probe_memory_attributes2, set_memory_attributes2
+            fd = self.private.fd
+            offered, self.native_in_place = probe_memory_attributes2(fd)
+            native = (lambda offset, size, attributes: set_memory_attributes2(fd, offset, size, attributes)) \
+                if offered else None
+            return make_in_place_engine(self.private, self.memory_map, policy, native)
         if engine is None:
             from ..attrs import MemoryAttributes
             from ..convert import ConversionEngine, ConversionTracker, make_policy
@@ -465,4 +513,5 @@ class Machine:
                 f"{' closed' if self._closed else ''}>")
 
 
-__all__ = ["MAX_MEMORY", "MAX_VCPUS", "Machine", "check_machine_size", "resolve_memory_map"]
+__all__ = ["BACKINGS", "MAX_MEMORY", "MAX_VCPUS", "Machine", "check_backing", "check_machine_size",
+           "make_in_place_engine", "resolve_memory_map"]
