@@ -5,13 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from .errors import InvalidArgument, PrivmemError
-
-
-def _write_json(path: str, payload) -> None:
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+from .results import write_json
 
 
 def _console():
@@ -66,13 +62,26 @@ def _choices(field: str, choices):
     return parse
 
 
-def _report(console, bench, results, json_out: str) -> None:
-    """A benchmark module's table, its headline figures, and its JSON file."""
+def _report(console, bench, results, args, **settings) -> None:
+    """A benchmark module's table, its headline figures, and its JSON file (in the envelope,
+    as ``bench-KIND``)."""
+    from .results import document, requested
+
     console.print(bench.table(results))
     for line in bench.headline(results):
         console.print(line)
-    _write_json(json_out, bench.as_json(results))
-    console.print(f"JSON written to {json_out}")
+    doc = document(f"bench-{args.bench_kind}", requested(**settings), {"results": bench.as_json(results)}, args.argv)
+    write_json(args.json_out, doc)
+    console.print(f"JSON written to {args.json_out}")
+
+
+def _check_outputs(args, *fields: str) -> None:
+    """Fail before a long run, not after it, on an output path that cannot be written."""
+    from .results import check_writable
+
+    for field in fields:
+        if getattr(args, field) is not None:
+            check_writable(field.replace("_", "-"), getattr(args, field))
 
 
 # -- bench ------------------------------------------------------------------------------
@@ -80,8 +89,9 @@ def _report(console, bench, results, json_out: str) -> None:
 def cmd_bench(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .bench import boot
+    from .bench import boot, report as bench_report
 
+    _check_outputs(args, "json_out", "plot_out")
     overrides = {k: v for k, v in (("workloads", args.workloads), ("policies", args.policies),
                                    ("memory", args.memory), ("vcpus", args.vcpus), ("backend", args.backend),
                                    ("repeat", args.repeat), ("scale", args.scale), ("layout", args.layout))
@@ -96,11 +106,10 @@ def cmd_bench(args) -> int:
         task = progress.add_task(f"privmem bench ({backend})", total=boot.planned_runs(config, backend))
         report = boot.run(config, progress=lambda text: progress.update(task, advance=1, description=text)
                           if text else None)
-    console.print(boot.table(report))
-    for line in boot.headline(report):
-        console.print(line)
-    _write_json(args.json_out, report.as_json())
-    boot.plot(report, args.plot_out)
+    doc = report.as_json(args.argv)
+    bench_report.print_result(console, doc, args.format)
+    write_json(args.json_out, doc)
+    bench_report.plot(doc, args.plot_out)
     console.print(f"JSON written to {args.json_out}; plot written to {args.plot_out}")
     return 1 if any(r.data_errors or r.dma_errors for r in report.runs) else 0
 
@@ -112,36 +121,49 @@ def cmd_bench_store(args) -> int:
     with console.status("measuring") as status:
         results = store.run(args.guests, include_pagemap=not args.no_pagemap,
                             progress=lambda what: status.update(f"measuring {what}"))
-    _report(console, store, results, args.json_out)
+    _report(console, store, results, args, guests=args.guests, pagemap=not args.no_pagemap)
     return 0
 
 
 def cmd_bench_parse(args) -> int:
     from .bench import parse
 
-    _report(_console(), parse, parse.run(scale=args.scale), args.json_out)
+    _report(_console(), parse, parse.run(scale=args.scale), args, scale=args.scale)
     return 0
 
 
 def cmd_bench_player(args) -> int:
     from .bench import player
 
-    _report(_console(), player, player.run(), args.json_out)
+    _report(_console(), player, player.run(), args, backend="kvm")
     return 0
 
 
 def cmd_bench_flipflop(args) -> int:
     from .bench import flipflop
 
-    console = _console()
-    _report(console, flipflop, flipflop.run(args.flips), args.json_out)
+    _report(_console(), flipflop, flipflop.run(args.flips), args, memory=flipflop.MEMORY, flips=args.flips)
+    return 0
+
+
+# -- report ---------------------------------------------------------------------------
+
+def cmd_report(args) -> int:
+    from .bench import report
+
+    _check_outputs(args, "plot_out")
+    doc = report.load(args.file)
+    report.print_result(_console(), doc, args.format)
+    if args.plot_out:
+        report.plot(doc, args.plot_out)
+        print(f"plot written to {args.plot_out}", file=sys.stderr)
     return 0
 
 
 # -- run, trace, info -------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from .runner import compile_trace, open_trace, run_program
+    from .runner import compile_trace, open_trace, run_document, run_program
     from .workload import generate
 
     if args.trace:
@@ -155,7 +177,8 @@ def cmd_run(args) -> int:
     with program:
         result = run_program(program, name, args.policy, args.backend, tracking=args.tracking)
     if args.json:
-        print(json.dumps(result.as_dict(), indent=2))
+        seed, scale = (None, None) if args.trace else (args.seed, args.scale or 1.0)
+        print(json.dumps(run_document(result, args.argv, scale=scale, seed=seed, trace=args.trace), indent=2))
     else:
         from .units import format_size
         print(f"{result.workload} on {result.backend} ({format_size(result.memory)}, {result.vcpus} vCPU), "
@@ -214,11 +237,11 @@ def cmd_trace_generate(args) -> int:
 
 
 def cmd_soak(args) -> int:
-    from .soak import format_soak, run_soak
+    from .soak import format_soak, run_soak, soak_document
 
     result = run_soak(args.seconds, vcpus=args.vcpus, memory=args.memory, policy=args.policy,
                       backend=args.backend, seed=args.seed, data_check=args.data_check)
-    print(json.dumps(result, indent=2) if args.json else format_soak(result))
+    print(json.dumps(soak_document(result, args.seconds, args.argv), indent=2) if args.json else format_soak(result))
     failed = any(result[key] for key in ("data_errors", "dma_errors", "psc_errors", "state_errors"))
     return 1 if failed else 0
 
@@ -232,6 +255,7 @@ def cmd_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench.report import FORMATS as REPORT_FORMATS
     from .convert import POLICIES
     from .memmap import LAYOUTS
     from .runner import BACKENDS, TRACKINGS
@@ -256,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--layout", type=_choice("layout", LAYOUTS), help="guest memory layout (default flat)")
     bench.add_argument("--json-out", default="privmem-bench.json")
     bench.add_argument("--plot-out", default="privmem-bench.png")
+    bench.add_argument("--format", type=_choice("format", REPORT_FORMATS), default="table",
+                       help=f"how to print the table: {', '.join(REPORT_FORMATS)} (default table)")
     bench.set_defaults(handler=cmd_bench)
     kinds = bench.add_subparsers(dest="bench_kind")
     store = kinds.add_parser("store", help="the attribute store vs a bitmap and a per-page map")
@@ -343,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--json", action="store_true")
     soak.set_defaults(handler=cmd_soak)
 
+    report = commands.add_parser("report", help="re-print and re-plot a saved bench result")
+    report.add_argument("file", metavar="FILE", help="a JSON file privmem bench wrote")
+    report.add_argument("--format", type=_choice("format", REPORT_FORMATS), default="table",
+                        help=f"{', '.join(REPORT_FORMATS)} (default table: the table privmem bench printed)")
+    report.add_argument("--plot-out", metavar="PNG", help="also draw the bench's plot into PNG")
+    report.set_defaults(handler=cmd_report)
+
     info = commands.add_parser("info", help="what this host's KVM offers, probed")
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=cmd_info)
@@ -351,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = ["privmem", *(sys.argv[1:] if argv is None else argv)]   # recorded in every JSON result
     try:
         return args.handler(args)
     except PrivmemError as error:

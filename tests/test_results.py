@@ -1,0 +1,196 @@
+"""Results that stand on their own: the envelope on every JSON privmem writes, `privmem report`
+reproducing a saved bench table, and the bad input it refuses."""
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from privmem.bench import boot, report
+from privmem.cli import main
+from privmem.results import BACKING, ENVELOPE_KEYS, HOST_KEYS, REQUESTED_KEYS, SCHEMA, loaded_kvm_modules
+from privmem.runner import TIMELINE_KEYS
+
+DATA = Path(__file__).parent / "data"
+OLD_BENCH = DATA / "bench-schema0.json"
+TINY_BENCH = ["bench", "--quick", "--backend", "host", "--memory", "64M", "--scale", "0.05", "--repeat", "2",
+              "--workloads", "ovmf-dma", "--policies", "never,lazy"]
+
+
+def assert_envelope(doc: dict, kind: str) -> None:
+    assert list(doc)[:len(ENVELOPE_KEYS)] == list(ENVELOPE_KEYS)
+    assert (doc["schema"], doc["kind"]) == (SCHEMA, kind)
+    assert set(doc["host"]) == set(HOST_KEYS) and doc["host"]["kernel"]
+    assert set(REQUESTED_KEYS) <= set(doc["requested"]) and doc["requested"]["backing"] == BACKING
+    assert doc["argv"][0] == "privmem" and doc["created"].endswith("+00:00") and doc["privmem_version"]
+
+
+def tiny_bench(tmp_path, capsys, name="b") -> tuple[Path, str]:
+    """A couple of seconds of `privmem bench` on the host backend: its JSON and its stdout."""
+    path = tmp_path / f"{name}.json"
+    assert main([*TINY_BENCH, "--json-out", str(path), "--plot-out", str(tmp_path / f"{name}.png")]) == 0
+    return path, capsys.readouterr().out
+
+
+# -- the envelope -----------------------------------------------------------------------
+
+def test_bench_json_has_the_envelope_one_row_schema_and_named_timelines():
+    config = boot.BenchConfig.quick(workloads=("ovmf-dma",), policies=("never", "lazy"), repeat=1, backend="host",
+                                    memslots=False, memory=64 << 20, scale=0.05)
+    doc = boot.run(config).as_json(argv=["privmem", "test"])
+    assert_envelope(doc, "bench")
+    assert doc["requested"]["workloads"] == ["ovmf-dma"] and doc["requested"]["policies"] == ["never", "lazy"]
+    assert all(tuple(row) == boot.ROW_KEYS for row in doc["summary"])
+    points = [point for run in doc["runs"] for point in run["timeline"]]
+    assert points and all(tuple(point) == TIMELINE_KEYS for point in points)
+    assert json.loads(json.dumps(doc)) == doc          # what is printed is what is saved
+
+
+@pytest.mark.kvm
+def test_the_memslot_row_has_every_key_the_others_have():
+    config = boot.BenchConfig.quick(workloads=("ovmf-dma",), policies=("never",), repeat=2, backend="kvm",
+                                    memory=64 << 20, scale=0.02, roundtrips=200)
+    doc = boot.run(config).as_json()
+    assert [row["tracking"] for row in doc["summary"]] == ["store", "memslots"]
+    assert all(tuple(row) == boot.ROW_KEYS for row in doc["summary"])
+    assert doc["summary"][1]["spread"] is not None and doc["host"]["gpa_width"]
+
+
+def test_run_and_soak_json_carry_the_envelope(capsys):
+    assert main(["run", "--backend", "host", "--workload", "ovmf-dma", "--memory", "64M", "--scale", "0.02",
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert_envelope(doc, "run")
+    assert doc["requested"]["workloads"] == ["ovmf-dma"] and doc["requested"]["scale"] == 0.02
+    assert doc["wall_s"] > 0 and "timeline" not in doc
+    assert main(["soak", "--backend", "host", "--seconds", "0.2", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert_envelope(doc, "soak")
+    assert doc["requested"]["seconds"] == 0.2 and doc["data_errors"] == 0
+
+
+def test_bench_flipflop_json_carries_the_envelope(tmp_path, capsys):
+    path = tmp_path / "f.json"
+    assert main(["bench", "flipflop", "--flips", "20", "--json-out", str(path)]) == 0
+    doc = json.loads(path.read_text())
+    assert_envelope(doc, "bench-flipflop")
+    assert doc["requested"]["flips"] == 20 and len(doc["results"]) == 5
+
+
+def test_the_kvm_module_comes_from_sysfs_or_proc_modules(tmp_path):
+    sysfs = tmp_path / "module"
+    (sysfs / "kvm").mkdir(parents=True)
+    (sysfs / "kvm_amd").mkdir()
+    assert loaded_kvm_modules(str(sysfs), "/nonexistent") == ["kvm_amd"]
+    modules = tmp_path / "modules"
+    modules.write_text("kvm_intel 425984 0 - Live 0x0\nkvm 1404928 1 kvm_intel, Live 0x0\n")
+    assert loaded_kvm_modules(str(tmp_path / "none"), str(modules)) == ["kvm_intel"]
+    assert loaded_kvm_modules(str(tmp_path / "none"), "/nonexistent") == []
+
+
+# -- report -----------------------------------------------------------------------------
+
+def test_report_reproduces_the_bench_table_exactly(tmp_path, capsys):
+    path, bench_out = tiny_bench(tmp_path, capsys)
+    assert main(["report", str(path)]) == 0
+    report_out = capsys.readouterr().out
+    assert "privmem bench: 64.0 MiB guest" in report_out and "data errors across all runs: 0" in report_out
+    # The bench printed exactly this, then the line saying where its files went.
+    assert bench_out.endswith(report_out + f"JSON written to {path}; plot written to {tmp_path / 'b.png'}\n")
+
+
+def test_report_formats_markdown_csv_and_json(tmp_path, capsys):
+    path, _ = tiny_bench(tmp_path, capsys)
+    doc = report.load(str(path))
+    assert main(["report", str(path), "--format", "markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| " + " | ".join(header for header, _ in report.COLUMNS) + " |"
+    assert lines[1].startswith("|---|---|---:|") and len(lines) == 2 + len(doc["summary"])
+    assert lines[2] == "| " + " | ".join(report.cells(doc["summary"][0])) + " |"
+    assert main(["report", str(path), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [tuple(row) for row in rows] == [boot.ROW_KEYS] * len(doc["summary"])
+    assert [float(row["wall_s"]) for row in rows] == [row["wall_s"] for row in doc["summary"]]
+    assert rows[0]["budget_bytes"] == ""                             # never has no budget: empty, not "None"
+    assert main(["report", str(path), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == doc
+
+
+def test_report_replots_a_saved_bench(tmp_path, capsys):
+    path, _ = tiny_bench(tmp_path, capsys)
+    plot = tmp_path / "again.png"
+    assert main(["report", str(path), "--plot-out", str(plot)]) == 0
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_reads_a_bench_file_from_before_the_envelope(tmp_path, capsys):
+    doc = report.load(str(OLD_BENCH))
+    assert (doc["schema"], doc["upgraded_from_schema"], doc["requested"]["backend"]) == (SCHEMA, 0, "kvm")
+    assert doc["requested"]["policies"] == ["never", "eager"] and set(doc["host"]) == set(HOST_KEYS)
+    assert all(tuple(point) == TIMELINE_KEYS for run in doc["runs"] for point in run["timeline"])
+    assert main(["report", str(OLD_BENCH), "--plot-out", str(tmp_path / "old.png")]) == 0
+    out = capsys.readouterr().out
+    memslot_row = next(line for line in out.splitlines() if "memslot tracking" in line)
+    assert "3.770x" in memslot_row and "│      - │" in memslot_row     # the old memslot row had no spread
+    assert "memslot-splitting tracking takes 3.77x the store's time" in out
+
+
+def test_bench_prints_other_formats_too(tmp_path, capsys):
+    assert main([*TINY_BENCH, "--format", "markdown", "--json-out", str(tmp_path / "b.json"),
+                 "--plot-out", str(tmp_path / "b.png")]) == 0
+    assert "| ovmf-dma | lazy |" in capsys.readouterr().out
+
+
+# -- bad input --------------------------------------------------------------------------
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def bench_with(tmp_path, capsys, change):
+    path, _ = tiny_bench(tmp_path, capsys)
+    doc = json.loads(path.read_text())
+    change(doc)
+    return write(tmp_path, "changed.json", json.dumps(doc))
+
+
+BAD_REPORTS = {
+    "missing file": (lambda tmp, cap: "/nonexistent/b.json", r"file='/nonexistent/b\.json': no such file"),
+    "a directory": (lambda tmp, cap: str(tmp), r"file='.*': is a directory"),
+    "not JSON": (lambda tmp, cap: write(tmp, "x.json", "{oops"), r"file='.*x\.json': not JSON \(line 1 column 2"),
+    "not an object": (lambda tmp, cap: write(tmp, "x.json", "[1, 2]"), r"not a privmem result \(a JSON list"),
+    "old file without summary": (lambda tmp, cap: write(tmp, "x.json", '{"runs": [], "backend": "kvm"}'),
+                                 r"not a privmem bench result: no 'summary' key"),
+    "newer schema": (lambda tmp, cap: bench_with(tmp, cap, lambda d: d.update(schema=99)),
+                     r"schema=99: .*reads schemas 0 to 1"),
+    "half an envelope": (lambda tmp, cap: bench_with(tmp, cap, lambda d: d.pop("host")),
+                         r"the envelope has no 'host' key"),
+    "another kind": (lambda tmp, cap: bench_with(tmp, cap, lambda d: d.update(kind="advise")),
+                     r"kind='advise': .*expected a bench result"),
+    "a row's time is text": (lambda tmp, cap: bench_with(tmp, cap, lambda d: d["summary"][1].update(wall_s="fast")),
+                             r"summary\[1\]\.wall_s='fast': .*must be a number"),
+    "no requested memory": (lambda tmp, cap: bench_with(tmp, cap, lambda d: d["requested"].pop("memory")),
+                            r"requested=.*has no 'memory' key"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_REPORTS))
+def test_report_refuses_bad_files_with_one_clear_line(name, tmp_path, capsys):
+    make, message = BAD_REPORTS[name]
+    path = make(tmp_path, capsys)
+    capsys.readouterr()
+    assert main(["report", path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("privmem: "), err
+    assert re.search(message, err), err
+
+
+def test_bench_checks_its_output_paths_before_running(capsys):
+    assert main([*TINY_BENCH, "--json-out", "/nonexistent/b.json"]) == 2
+    assert capsys.readouterr().err == ("privmem: json-out='/nonexistent/b.json': directory '/nonexistent' "
+                                       "does not exist\n")
