@@ -1,5 +1,5 @@
 """Results that stand on their own: the envelope on every JSON privmem writes, `privmem report`
-reproducing a saved bench table, and the bad input it refuses."""
+reproducing a saved bench table, `privmem compare`, and the bad input each of them refuses."""
 
 import csv
 import io
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from privmem.bench import boot, report
+from privmem.bench import boot, compare, report
 from privmem.cli import main
 from privmem.results import BACKING, ENVELOPE_KEYS, HOST_KEYS, REQUESTED_KEYS, SCHEMA, loaded_kvm_modules
 from privmem.runner import TIMELINE_KEYS
@@ -144,6 +144,65 @@ def test_bench_prints_other_formats_too(tmp_path, capsys):
     assert "| ovmf-dma | lazy |" in capsys.readouterr().out
 
 
+# -- compare ----------------------------------------------------------------------------
+
+def test_compare_two_runs_of_the_same_code(tmp_path, capsys):
+    a, _ = tiny_bench(tmp_path, capsys, "a")
+    b, _ = tiny_bench(tmp_path, capsys, "b")
+    plot = tmp_path / "compare.png"
+    assert main(["compare", str(a), str(b), "--plot-out", str(plot)]) == 0
+    captured = capsys.readouterr()
+    assert "privmem compare: A = " in captured.out and "time B/A" in captured.out
+    assert "rows within noise (|B/A - 1| <= noise" in captured.out
+    assert "warning" not in captured.err                           # same host, same guest
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def row(policy, wall_s, spread, measured=4096, tracking="store", rounds=3):
+    return {**dict.fromkeys(boot.ROW_KEYS, 0), "workload": "w", "policy": policy, "tracking": tracking,
+            "wall_s": wall_s, "spread": spread, "rounds": rounds, "peak_double_alloc_measured_bytes": measured}
+
+
+def bench_doc(rows, **host):
+    return {"host": {"kernel": "6.18", "kvm_module": "kvm_pvm", "cpu_model": "EPYC", "gpa_width": 48, **host},
+            "requested": {"backend": "kvm", "memory": 1 << 30, "vcpus": 1}, "summary": rows}
+
+
+def test_compare_reads_each_ratio_against_the_larger_spread():
+    a = bench_doc([row("never", 1.0, 0.02), row("eager", 1.0, 0.02), row("lazy", 1.0, 0.01, measured=0),
+                   row("keep-shared", 1.0, 0.0)])
+    b = bench_doc([row("never", 1.05, 0.06), row("eager", 1.5, 0.1), row("lazy", 0.9, 0.02, measured=0),
+                   row("adaptive", 1.0, 0.0)])
+    result = compare.compare(a, b)
+    verdicts = {r.key[1]: r.verdict for r in result.rows}
+    assert verdicts == {"never": compare.WITHIN, "eager": compare.SLOWER, "lazy": compare.FASTER,
+                        "keep-shared": compare.ONLY_A, "adaptive": compare.ONLY_B}
+    never = result.rows[0]
+    assert never.time_ratio == pytest.approx(1.05) and never.noise == 0.06 and never.double_alloc_ratio == 1.0
+    assert result.rows[2].double_alloc_ratio == 1.0               # 0 B both sides: the same, not undefined
+    assert result.within_noise == 1 and result.warnings == []
+    assert "1 of 3 rows within noise" in compare.summary(result)
+
+
+def test_compare_warns_about_other_hosts_guests_and_single_rounds():
+    a = bench_doc([row("never", 1.0, 0.0, rounds=1)])
+    b = bench_doc([row("never", 1.0, 0.0)], kernel="6.19")
+    b["requested"]["memory"] = 2 << 30
+    warnings = compare.compare(a, b).warnings
+    assert any("different hosts (kernel '6.18' vs '6.19')" in w for w in warnings)
+    assert any("different guests (memory 1073741824 vs 2147483648)" in w for w in warnings)
+    assert any("A has single-round rows" in w for w in warnings)
+
+
+def test_compare_with_a_file_from_before_the_envelope_warns_and_goes_on(tmp_path, capsys):
+    b, _ = tiny_bench(tmp_path, capsys)
+    assert main(["compare", str(OLD_BENCH), str(b)]) == 0
+    captured = capsys.readouterr()
+    assert "privmem: warning: A did not record its host" in captured.err
+    assert "different guests (backend 'kvm' vs 'host'" in captured.err
+    assert "only in A" in captured.out
+
+
 # -- bad input --------------------------------------------------------------------------
 
 def write(tmp_path, name, text):
@@ -188,6 +247,12 @@ def test_report_refuses_bad_files_with_one_clear_line(name, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("privmem: "), err
     assert re.search(message, err), err
+
+
+def test_compare_names_the_side_that_is_bad(tmp_path, capsys):
+    a, _ = tiny_bench(tmp_path, capsys)
+    assert main(["compare", str(a), "/nonexistent/b.json"]) == 2
+    assert capsys.readouterr().err == "privmem: B='/nonexistent/b.json': no such file\n"
 
 
 def test_bench_checks_its_output_paths_before_running(capsys):

@@ -146,7 +146,7 @@ def cmd_bench_flipflop(args) -> int:
     return 0
 
 
-# -- report ---------------------------------------------------------------------------
+# -- report, compare -------------------------------------------------------------------
 
 def cmd_report(args) -> int:
     from .bench import report
@@ -157,6 +157,23 @@ def cmd_report(args) -> int:
     if args.plot_out:
         report.plot(doc, args.plot_out)
         print(f"plot written to {args.plot_out}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .bench import compare, report
+
+    _check_outputs(args, "plot_out")
+    a, b = report.load(args.a, "A"), report.load(args.b, "B")
+    comparison = compare.compare(a, b, args.a, args.b)
+    for warning in comparison.warnings:
+        print(f"privmem: warning: {warning}", file=sys.stderr)
+    console = _console()
+    console.print(compare.table(comparison))
+    console.print(compare.summary(comparison))
+    if args.plot_out:
+        compare.plot(comparison, args.plot_out)
+        console.print(f"plot written to {args.plot_out}")
     return 0
 
 
@@ -375,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"{', '.join(REPORT_FORMATS)} (default table: the table privmem bench printed)")
     report.add_argument("--plot-out", metavar="PNG", help="also draw the bench's plot into PNG")
     report.set_defaults(handler=cmd_report)
+
+    compare = commands.add_parser("compare", help="two saved bench results side by side, B/A with the noise")
+    compare.add_argument("a", metavar="A", help="the baseline bench JSON")
+    compare.add_argument("b", metavar="B", help="the bench JSON to compare with it")
+    compare.add_argument("--plot-out", metavar="PNG", help="also draw B/A per row with its noise into PNG")
+    compare.set_defaults(handler=cmd_compare)
 
     info = commands.add_parser("info", help="what this host's KVM offers, probed")
     info.add_argument("--json", action="store_true")
