@@ -1,5 +1,6 @@
 """Results that stand on their own: the envelope on every JSON privmem writes, `privmem report`
-reproducing a saved bench table, `privmem compare`, and the bad input each of them refuses."""
+reproducing a saved bench table, `privmem compare`, `privmem advise`, and the bad input each
+of them refuses."""
 
 import csv
 import io
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from privmem.bench import boot, compare, report
+from privmem.bench import advise, boot, compare, report
 from privmem.cli import main
 from privmem.results import BACKING, ENVELOPE_KEYS, HOST_KEYS, REQUESTED_KEYS, SCHEMA, loaded_kvm_modules
 from privmem.runner import TIMELINE_KEYS
@@ -18,6 +19,8 @@ DATA = Path(__file__).parent / "data"
 OLD_BENCH = DATA / "bench-schema0.json"
 TINY_BENCH = ["bench", "--quick", "--backend", "host", "--memory", "64M", "--scale", "0.05", "--repeat", "2",
               "--workloads", "ovmf-dma", "--policies", "never,lazy"]
+TINY_ADVISE = ["advise", "--backend", "host", "--memory", "64M", "--scale", "0.05", "--budgets", "64K,256K",
+               "--ages", "5ms,50", "--repeat", "2"]
 
 
 def assert_envelope(doc: dict, kind: str) -> None:
@@ -203,6 +206,60 @@ def test_compare_with_a_file_from_before_the_envelope_warns_and_goes_on(tmp_path
     assert "only in A" in captured.out
 
 
+# -- advise -----------------------------------------------------------------------------
+
+def test_advise_on_the_host_backend(tmp_path, capsys):
+    json_out, plot_out = tmp_path / "a.json", tmp_path / "a.png"
+    assert main([*TINY_ADVISE, "--json-out", str(json_out), "--plot-out", str(plot_out)]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(json_out.read_text())
+    assert_envelope(doc, "advise")
+    assert doc["requested"]["budgets"] == [64 << 10, 256 << 10] and doc["requested"]["ages_s"] == [0.005, 0.05]
+    settings = [row["setting"] for row in doc["rows"]]
+    assert settings[:3] == ["never", "eager", "keep-shared"] and len(settings) == 3 + 2 * 2 + 2
+    assert "lazy budget 64.0 KiB, max age 5 ms" in settings and "adaptive budget 256.0 KiB" in settings
+    assert all(tuple(row)[:-1] == advise.ROW_KEYS and row["rounds"] == 2 for row in doc["rows"])
+    chosen = next(row for row in doc["rows"] if row["setting"] == doc["recommendation"]["setting"])
+    assert chosen["ratio_to_never"] <= 1.02 and doc["front"]
+    assert f"recommended: {doc['recommendation']['line']}" in out and "rule: the lowest kernel-measured" in out
+    assert f"sweep: {doc['runs']} runs in" in out and doc["runs"] == 2 * len(settings)
+    assert plot_out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_advise_on_a_trace_file(tmp_path, capsys):
+    trace = tmp_path / "t.jsonl"
+    assert main(["trace", "generate", "ovmf-dma", "-o", str(trace), "--memory", "64M", "--scale", "0.02"]) == 0
+    json_out = tmp_path / "a.json"
+    assert main(["advise", "--trace", str(trace), "--backend", "host", "--budgets", "1M", "--ages", "50",
+                 "--repeat", "1", "--json-out", str(json_out), "--plot-out", str(tmp_path / "a.png")]) == 0
+    doc = json.loads(json_out.read_text())
+    assert doc["requested"]["trace"] == str(trace) and doc["requested"]["workloads"] is None
+    assert doc["requested"]["memory"] == 64 << 20 and len(doc["rows"]) == 5
+
+
+def advise_row(setting, ratio, measured, errors=0):
+    return {"setting": setting, "ratio_to_never": ratio, "peak_double_alloc_measured_bytes": measured,
+            "data_errors": errors, "dma_errors": 0}
+
+
+def test_pareto_front_and_the_recommendation_rule():
+    rows = [advise_row("never", 1.0, 100), advise_row("eager", 1.3, 0), advise_row("lazy a", 1.01, 40),
+            advise_row("lazy b", 1.015, 40), advise_row("lazy c", 0.99, 60), advise_row("lazy d", 1.05, 10),
+            advise_row("broken", 0.9, 0, errors=1)]
+    assert advise.pareto_front(rows) == [1, 5, 2, 4]             # by peak; never and lazy b are beaten
+    assert advise.recommend(rows, 0.02) == 2                      # lowest peak within 2%; ties to the faster
+    assert advise.recommend(rows, 0.10) == 5
+    assert advise.recommend(rows, 0.0) == 4
+    assert advise.recommend([advise_row("never", 1.0, 100), advise_row("eager", 1.5, 0)], 0.02) == 0
+
+
+def test_default_budgets_scale_with_memory_and_ages_parse():
+    assert advise.default_budgets(1 << 30) == (256 << 10, 1 << 20, 4 << 20, 16 << 20)
+    assert advise.default_budgets(1 << 20) == (4096, 16 << 10)    # at least a page, no duplicates
+    assert [advise.parse_age(text) for text in ("20ms", "0.5s", "20", " 5MS ")] == [0.02, 0.5, 0.02, 0.005]
+    assert advise.Setting("lazy", 8 << 20, 0.02).label == "lazy budget 8.0 MiB, max age 20 ms"
+
+
 # -- bad input --------------------------------------------------------------------------
 
 def write(tmp_path, name, text):
@@ -253,6 +310,46 @@ def test_compare_names_the_side_that_is_bad(tmp_path, capsys):
     a, _ = tiny_bench(tmp_path, capsys)
     assert main(["compare", str(a), "/nonexistent/b.json"]) == 2
     assert capsys.readouterr().err == "privmem: B='/nonexistent/b.json': no such file\n"
+
+
+BAD_ADVICE = {
+    "unknown workload": (["--workload", "fortnite"], r"workload='fortnite': unknown"),
+    "empty budget list": (["--budgets", ","], r"budgets=\[\]: give 1 to 8 budgets"),
+    "too many budgets": (["--budgets", ",".join(f"{n}M" for n in range(1, 10))], r"give 1 to 8 budgets"),
+    "a budget below a page": (["--budgets", "1K"], r"budgets=1024: each budget must be at least 4096 bytes"),
+    "a budget above memory": (["--budgets", "128M"], r"budgets=134217728: larger than the guest's memory"),
+    "a bad size": (["--budgets", "1Q"], r"budgets='1Q': not a size"),
+    "empty age list": (["--ages", ""], r"ages=\[\]: give 1 to 8 ages"),
+    "a zero age": (["--ages", "0ms"], r"ages=0.0: each age must be in \(0, 10\]"),
+    "an age in weeks": (["--ages", "2w"], r"ages='2w': not an age"),
+    "too many rounds": (["--repeat", "11"], r"repeat=11: must be in 1..10"),
+    "negative tolerance": (["--tolerance=-1%"], r"tolerance=-0.01: must be in \[0, 1\]"),
+    "unwritable JSON output": (["--json-out", "/nonexistent/dir/a.json"],
+                               r"json-out='/nonexistent/dir/a\.json': directory '/nonexistent/dir' does not exist"),
+    "plot output is a directory": (["--plot-out", "/tmp"], r"plot-out='/tmp': is a directory"),
+    "a trace with a guest size": (["--trace", "t.jsonl", "--memory", "1G"],
+                                  r"memory=1073741824: a trace sets its own guest"),
+    "a missing trace": (["--trace", "/nonexistent/t.jsonl"], r"/nonexistent/t\.jsonl"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_ADVICE))
+def test_advise_refuses_bad_input_before_the_sweep(name, tmp_path, capsys, monkeypatch):
+    def no_runs(*args, **kwargs):
+        raise AssertionError("a run started")
+
+    monkeypatch.setattr(advise, "run_program", no_runs)
+    extra, message = BAD_ADVICE[name]
+    argv = [*TINY_ADVISE, "--json-out", str(tmp_path / "a.json"), "--plot-out", str(tmp_path / "a.png")]
+    if "--trace" in extra:
+        argv = [arg for arg in argv if arg not in ("--memory", "64M", "--scale", "0.05")]
+    try:
+        status = main([*argv, *extra])
+    except SystemExit as exit_info:         # argparse's own exit for a value it parses
+        status = exit_info.code
+    err = capsys.readouterr().err
+    assert status == 2 and re.search(message, err), err
+    assert "Traceback" not in err and not (tmp_path / "a.json").exists()
 
 
 def test_bench_checks_its_output_paths_before_running(capsys):

@@ -146,7 +146,7 @@ def cmd_bench_flipflop(args) -> int:
     return 0
 
 
-# -- report, compare -------------------------------------------------------------------
+# -- report, compare, advise ------------------------------------------------------------
 
 def cmd_report(args) -> int:
     from .bench import report
@@ -175,6 +175,34 @@ def cmd_compare(args) -> int:
         compare.plot(comparison, args.plot_out)
         console.print(f"plot written to {args.plot_out}")
     return 0
+
+
+def cmd_advise(args) -> int:
+    from .bench import advise
+
+    if args.trace:
+        given = [name for name in ("memory", "vcpus", "layout", "scale", "seed") if getattr(args, name) is not None]
+        if given:
+            raise InvalidArgument(given[0], getattr(args, given[0]), "a trace sets its own guest; give it with "
+                                  "--workload only", hex_value=False)
+    guest = {name: getattr(args, name) for name in ("memory", "vcpus", "layout", "scale", "seed", "budgets", "ages")
+             if getattr(args, name) is not None}
+    config = advise.AdviseConfig(workload=None if args.trace else args.workload, trace=args.trace,
+                                 backend=args.backend, repeat=args.repeat, tolerance=args.tolerance, **guest)
+    config.check()
+    _check_outputs(args, "json_out", "plot_out")
+    console = _console()
+    with console.status("privmem advise") as status:
+        result = advise.run(config, progress=lambda done, total, text: status.update(
+            f"privmem advise: run {done + 1}/{total}: {text}"))
+    doc = result.as_json(args.argv)
+    console.print(advise.table(doc))
+    for line in advise.headline(doc):
+        console.print(line)
+    write_json(args.json_out, doc)
+    advise.plot(doc, args.plot_out)
+    console.print(f"JSON written to {args.json_out}; plot written to {args.plot_out}")
+    return 1 if any(row["data_errors"] or row["dma_errors"] for row in doc["rows"]) else 0
 
 
 # -- run, trace, info -------------------------------------------------------------------
@@ -271,11 +299,35 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _list_of(field: str, parse_one, check):
+    """A comma list parsed item by item and checked whole (bounds, duplicates), for argparse."""
+    def parse(text: str):
+        try:
+            return check(tuple(parse_one(item.strip()) for item in text.split(",") if item.strip()))
+        except InvalidArgument as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    parse.__name__ = field
+    return parse
+
+
+def _fraction(field: str):
+    def parse(text: str) -> float:
+        try:
+            return float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{field}={text!r}: not a number (e.g. 0.02 or 2%)") from None
+    parse.__name__ = field
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .bench.advise import (DEFAULT_REPEAT, DEFAULT_TOLERANCE, MAX_AGES, MAX_BUDGETS, MAX_REPEAT, check_ages,
+                               check_budgets, parse_age)
     from .bench.report import FORMATS as REPORT_FORMATS
     from .convert import POLICIES
     from .memmap import LAYOUTS
     from .runner import BACKENDS, TRACKINGS
+    from .units import parse_size
     from .vmm.program import TIMINGS
     from .workload import IMPORTERS, WORKLOADS
     from .workload.stats import DEFAULT_FLIP_MS
@@ -398,6 +450,33 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("b", metavar="B", help="the bench JSON to compare with it")
     compare.add_argument("--plot-out", metavar="PNG", help="also draw B/A per row with its noise into PNG")
     compare.set_defaults(handler=cmd_compare)
+
+    advice = commands.add_parser("advise", help="sweep lazy/adaptive budgets and ages; the Pareto front of time "
+                                 "against double allocation, and a recommendation")
+    source = advice.add_mutually_exclusive_group()
+    source.add_argument("--workload", type=_choice("workload", WORKLOADS), default="ovmf-dma",
+                        help="a built-in workload (default ovmf-dma)")
+    source.add_argument("--trace", metavar="FILE", help="a privmem trace v1 file (its own guest)")
+    advice.add_argument("--backend", type=_choice("backend", BACKENDS), help="default: kvm where /dev/kvm works")
+    advice.add_argument("--budgets", type=_list_of("budgets", lambda text: parse_size(text, "budgets"),
+                                                   check_budgets), metavar="SIZES",
+                        help=f"comma list of lazy/adaptive byte budgets, at most {MAX_BUDGETS} (default: 1/4096, "
+                             "1/1024, 1/256 and 1/64 of guest memory)")
+    advice.add_argument("--ages", type=_list_of("ages", parse_age, check_ages), metavar="AGES",
+                        help=f"comma list of lazy max ages (20ms, 0.5s; a bare number is ms), at most {MAX_AGES} "
+                             "(default 5ms,20ms,50ms)")
+    advice.add_argument("--repeat", type=_positive_int("repeat"), default=DEFAULT_REPEAT,
+                        help=f"interleaved rounds per setting, at most {MAX_REPEAT} (default {DEFAULT_REPEAT})")
+    advice.add_argument("--tolerance", type=_fraction("tolerance"), default=DEFAULT_TOLERANCE,
+                        help="how much slower than never a recommendation may be (default 0.02, i.e. 2%%)")
+    advice.add_argument("--memory", type=_size("memory"), help="guest memory for a workload (default 1G)")
+    advice.add_argument("--vcpus", type=_positive_int("vcpus"))
+    advice.add_argument("--scale", type=float, help="workload scale factor")
+    advice.add_argument("--seed", type=int)
+    advice.add_argument("--layout", type=_choice("layout", LAYOUTS), help="guest memory layout (default flat)")
+    advice.add_argument("--json-out", default="privmem-advise.json")
+    advice.add_argument("--plot-out", default="privmem-advise.png")
+    advice.set_defaults(handler=cmd_advise)
 
     info = commands.add_parser("info", help="what this host's KVM offers, probed")
     info.add_argument("--json", action="store_true")
