@@ -17,15 +17,20 @@ def _console():
     return Console(width=None if sys.stdout.isatty() else 190)
 
 
-def _size(field: str):
-    def parse(text: str) -> int:
-        from .units import parse_size
+def _argument(field: str, parse_value):
+    """An argparse type from a parser that raises InvalidArgument (its message becomes argparse's)."""
+    def parse(text: str):
         try:
-            return parse_size(text, field)
+            return parse_value(text)
         except InvalidArgument as error:
             raise argparse.ArgumentTypeError(str(error)) from None
     parse.__name__ = field
     return parse
+
+
+def _size(field: str):
+    from .units import parse_size
+    return _argument(field, lambda text: parse_size(text, field))
 
 
 def _positive_int(field: str):
@@ -300,24 +305,19 @@ def cmd_info(args) -> int:
 
 
 def _list_of(field: str, parse_one, check):
-    """A comma list parsed item by item and checked whole (bounds, duplicates), for argparse."""
-    def parse(text: str):
-        try:
-            return check(tuple(parse_one(item.strip()) for item in text.split(",") if item.strip()))
-        except InvalidArgument as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-    parse.__name__ = field
-    return parse
+    """A comma list parsed item by item, then checked whole (bounds, duplicates)."""
+    return _argument(field, lambda text: check(tuple(parse_one(item.strip()) for item in text.split(",")
+                                                     if item.strip())))
 
 
 def _fraction(field: str):
-    def parse(text: str) -> float:
+    """0.02 or 2%."""
+    def parse_value(text: str) -> float:
         try:
-            return float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
+            return float(text[:-1]) / 100 if text.endswith("%") else float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{field}={text!r}: not a number (e.g. 0.02 or 2%)") from None
-    parse.__name__ = field
-    return parse
+            raise InvalidArgument(field, text, "not a number (e.g. 0.02 or 2%)", hex_value=False) from None
+    return _argument(field, parse_value)
 
 
 def build_parser() -> argparse.ArgumentParser:

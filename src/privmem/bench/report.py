@@ -30,6 +30,7 @@ COLUMNS = (("workload", False), ("policy", False), ("time", True), ("vs never", 
 NEEDED_ROW_KEYS = ("wall_s", "conversions", "discards", "peak_double_alloc_bytes",
                    "peak_double_alloc_measured_bytes", "peak_host_bytes", "data_errors", "dma_errors")
 NEEDED_REQUESTED_KEYS = ("workloads", "policies", "backend", "memory", "vcpus", "repeat")
+COST_KEYS = ("exit_roundtrip_us", "conversion_roundtrip_us", "vmm_us_per_conversion", "ratio", "conversions")
 OLD_CONFIG_KEYS = ("backend", "memory", "vcpus", "repeat", "scale", "seed")
 
 
@@ -91,6 +92,12 @@ def check(doc: dict, path: str) -> None:
         for key in ("ratio_to_never", "spread", "budget_bytes"):
             if row.get(key) is not None:
                 _number(f"summary[{index}].{key}", row[key], path)
+    cost = doc.get("conversion_cost")
+    if cost is not None:
+        if not isinstance(cost, dict):
+            raise InvalidArgument("conversion_cost", cost, f"{path}: must be an object or null", hex_value=False)
+        for key in COST_KEYS:
+            _number(f"conversion_cost.{key}", cost.get(key), path)
     for index, run in enumerate(doc["runs"]):
         timeline = run.get("timeline", [])
         if not isinstance(timeline, list) or not all(isinstance(point, dict) and set(TIMELINE_KEYS) <= set(point)
