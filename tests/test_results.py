@@ -187,6 +187,17 @@ def test_compare_reads_each_ratio_against_the_larger_spread():
     assert "1 of 3 rows within noise" in compare.summary(result)
 
 
+def test_compare_never_reads_noise_below_the_median_spread():
+    """Two rounds that agree by chance give a row a spread near 0; the machine's noise, the
+    median spread of all rows, is the floor."""
+    a = bench_doc([row("never", 1.0, 0.05), row("eager", 1.0, 0.05), row("lazy", 1.0, 0.001)])
+    b = bench_doc([row("never", 1.0, 0.05), row("eager", 1.0, 0.05), row("lazy", 1.03, 0.0)])
+    result = compare.compare(a, b)
+    assert result.noise_floor == 0.05 and result.rows[2].noise == 0.05
+    assert result.rows[2].verdict == compare.WITHIN
+    assert "at least 5.0%, the median spread of all rows" in compare.summary(result)
+
+
 def test_compare_warns_about_other_hosts_guests_and_single_rounds():
     a = bench_doc([row("never", 1.0, 0.0, rounds=1)])
     b = bench_doc([row("never", 1.0, 0.0)], kernel="6.19")

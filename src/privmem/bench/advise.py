@@ -147,10 +147,6 @@ class AdviseConfig:
             check_budgets(self.budgets)
         check_ages(self.ages)
 
-    def planned_runs(self, memory: int | None = None) -> int:
-        budgets = self.budgets or default_budgets(memory or self.memory)
-        return self.repeat * len(settings_for(budgets, self.ages))
-
 
 @dataclass
 class AdviseReport:

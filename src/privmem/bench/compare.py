@@ -2,14 +2,16 @@
 ratio to A's, row by row, each time ratio read against the noise the two runs measured.
 
 A row is a (workload, policy, tracking).  Its noise is the larger of the two rows' spreads
-(the relative spread (max - min) / min of each row's rounds): a ratio with |B/A - 1| within
-it is "within noise", one outside it is B faster or slower.  A single-round row has no
-spread, so against it every difference counts.  Results of different hosts or guests are
+(the relative spread (max - min) / min of each row's rounds), and never less than the median
+spread of all rows of both files: two rounds can agree by chance, leaving a row a spread
+near 0 that says nothing about the machine, whose noise every row shares.  A ratio with
+|B/A - 1| within the noise is "within noise", one outside it is B faster or slower.  Results of different hosts or guests are
 still compared, with a warning: their ratios mix the change with the difference.
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 from ..results import HOST_KEYS
@@ -26,6 +28,7 @@ class RowComparison:
     key: tuple[str, str, str]                # (workload, policy, tracking)
     a: dict | None
     b: dict | None
+    noise_floor: float = 0.0
 
     @property
     def time_ratio(self) -> float | None:
@@ -33,7 +36,7 @@ class RowComparison:
 
     @property
     def noise(self) -> float:
-        return max((row.get("spread") or 0.0) for row in (self.a, self.b) if row)
+        return max(self.noise_floor, *((row.get("spread") or 0.0) for row in (self.a, self.b) if row))
 
     @property
     def double_alloc_ratio(self) -> float | None:
@@ -60,6 +63,7 @@ class Comparison:
     b_path: str
     rows: list[RowComparison] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    noise_floor: float = 0.0
 
     @property
     def compared(self) -> list[RowComparison]:
@@ -80,7 +84,9 @@ def compare(a: dict, b: dict, a_path: str = "A", b_path: str = "B") -> Compariso
     out = Comparison(a_path, b_path)
     key = lambda row: (row["workload"], row["policy"], row["tracking"])  # noqa: E731
     rows_a, rows_b = {key(row): row for row in a["summary"]}, {key(row): row for row in b["summary"]}
-    out.rows = [RowComparison(k, rows_a.get(k), rows_b.get(k)) for k in {**rows_a, **rows_b}]
+    spreads = [row["spread"] for row in a["summary"] + b["summary"] if row.get("spread") is not None]
+    out.noise_floor = statistics.median(spreads) if spreads else 0.0
+    out.rows = [RowComparison(k, rows_a.get(k), rows_b.get(k), out.noise_floor) for k in {**rows_a, **rows_b}]
     host_a, host_b = a.get("host") or {}, b.get("host") or {}
     unknown = [name for name, host in (("A", host_a), ("B", host_b)) if not any(host.get(k) for k in HOST_KEYS)]
     if unknown:
@@ -97,8 +103,8 @@ def compare(a: dict, b: dict, a_path: str = "A", b_path: str = "B") -> Compariso
                             "with the guest")
     single = [name for name, doc in (("A", a), ("B", b)) if any(row.get("rounds") == 1 for row in doc["summary"])]
     if single:
-        out.warnings.append(f"{' and '.join(single)} has single-round rows: no spread measured there, so every "
-                            "difference in them counts")
+        out.warnings.append(f"{' and '.join(single)} has single-round rows: they measured no spread of their "
+                            "own, so only the median spread of all rows stands for their noise")
     return out
 
 
@@ -142,8 +148,9 @@ def table(comparison: Comparison):
 
 def summary(comparison: Comparison) -> str:
     compared = comparison.compared
-    return (f"{comparison.within_noise} of {len(compared)} rows within noise (|B/A - 1| <= noise, the larger of "
-            "the two rows' spreads (max - min) / min over their rounds); "
+    return (f"{comparison.within_noise} of {len(compared)} rows within noise (|B/A - 1| <= noise: the larger of "
+            "the two rows' spreads, (max - min) / min over their rounds, and at least "
+            f"{comparison.noise_floor:.1%}, the median spread of all rows); "
             + ", ".join(f"{sum(row.verdict == v for row in comparison.rows)} {v}"
                         for v in (FASTER, SLOWER, ONLY_A, ONLY_B)))
 
