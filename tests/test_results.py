@@ -367,3 +367,9 @@ def test_bench_checks_its_output_paths_before_running(capsys):
     assert main([*TINY_BENCH, "--json-out", "/nonexistent/b.json"]) == 2
     assert capsys.readouterr().err == ("privmem: json-out='/nonexistent/b.json': directory '/nonexistent' "
                                        "does not exist\n")
+
+
+def test_docs_results_names_every_key_privmem_writes():
+    doc = (Path(__file__).parent.parent / "docs" / "results.md").read_text()
+    keys = (*ENVELOPE_KEYS, *HOST_KEYS, *REQUESTED_KEYS, *boot.ROW_KEYS, *advise.ROW_KEYS, *TIMELINE_KEYS, "on_front")
+    assert [key for key in keys if f"`{key}`" not in doc] == []

@@ -325,7 +325,7 @@ def headline(doc: dict) -> list[str]:
 
 def plot(doc: dict, path: str) -> None:
     """Time vs never against kernel-measured peak double allocation: every setting, the front
-    as a line, the recommendation starred, and the tolerance as a band above never."""
+    as a line, the recommendation starred, and the tolerance as a line above never."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -349,7 +349,9 @@ def plot(doc: dict, path: str) -> None:
     axes.annotate(chosen["setting"], [value[0] for value in xy([chosen])], textcoords="offset points",
                   xytext=(8, 8), fontsize=8)
     tolerance = doc["requested"]["tolerance"]
-    axes.axhspan(1.0, 1.0 + tolerance, color="green", alpha=0.1, label=f"within {tolerance:.0%} of never")
+    axes.axhline(1.0, color="grey", linewidth=0.8)
+    axes.axhline(1.0 + tolerance, color="green", linewidth=0.8, linestyle="--",
+                 label=f"never + {tolerance:.0%}: the recommendation's limit")
     axes.set_xlabel(f"peak double allocation, kernel-measured ({unit})")
     axes.set_ylabel("time / time under never")
     axes.set_title(title(doc), fontsize=9)
