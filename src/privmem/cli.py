@@ -4,41 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
-from pathlib import Path
 
 from .errors import InvalidArgument, PrivmemError
-
-
-def _write_outputs(*outputs) -> None:
-    """Write every ``(path, write(temporary_path))`` whole or not at all: each to a temporary
-    file beside it, then all renamed into place with Ctrl-C held off, so an interrupted
-    command leaves either all its outputs or none."""
-    from .threads import stop_signals_blocked
-
-    temporaries = []
-    try:
-        for path, write in outputs:
-            target = Path(path)
-            temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-            temporaries.append((temporary, target))
-            write(temporary)
-        with stop_signals_blocked():
-            for temporary, target in temporaries:
-                os.replace(temporary, target)
-    finally:
-        for temporary, _ in temporaries:
-            temporary.unlink(missing_ok=True)
-
-
-def _json_writer(payload):
-    return lambda path: Path(path).write_text(json.dumps(payload, indent=2) + "\n")
-
-
-def _write_json(path: str, payload) -> None:
-    _write_outputs((path, _json_writer(payload)))
+from .results import json_writer, write_json, write_outputs
 
 
 def _console():
@@ -48,15 +18,20 @@ def _console():
     return Console(width=None if sys.stdout.isatty() else 190)
 
 
-def _size(field: str):
-    def parse(text: str) -> int:
-        from .units import parse_size
+def _argument(field: str, parse_value):
+    """An argparse type from a parser that raises InvalidArgument (its message becomes argparse's)."""
+    def parse(text: str):
         try:
-            return parse_size(text, field)
+            return parse_value(text)
         except InvalidArgument as error:
             raise argparse.ArgumentTypeError(str(error)) from None
     parse.__name__ = field
     return parse
+
+
+def _size(field: str):
+    from .units import parse_size
+    return _argument(field, lambda text: parse_size(text, field))
 
 
 def _positive_int(field: str):
@@ -93,13 +68,26 @@ def _choices(field: str, choices):
     return parse
 
 
-def _report(console, bench, results, json_out: str) -> None:
-    """A benchmark module's table, its headline figures, and its JSON file."""
+def _report(console, bench, results, args, **settings) -> None:
+    """A benchmark module's table, its headline figures, and its JSON file (in the envelope,
+    as ``bench-KIND``)."""
+    from .results import document, requested
+
     console.print(bench.table(results))
     for line in bench.headline(results):
         console.print(line)
-    _write_json(json_out, bench.as_json(results))
-    console.print(f"JSON written to {json_out}")
+    doc = document(f"bench-{args.bench_kind}", requested(**settings), {"results": bench.as_json(results)}, args.argv)
+    write_json(args.json_out, doc)
+    console.print(f"JSON written to {args.json_out}")
+
+
+def _check_outputs(args, *fields: str) -> None:
+    """Fail before a long run, not after it, on an output path that cannot be written."""
+    from .results import check_writable
+
+    for field in fields:
+        if getattr(args, field) is not None:
+            check_writable(field.replace("_", "-"), getattr(args, field))
 
 
 # -- bench ------------------------------------------------------------------------------
@@ -107,8 +95,9 @@ def _report(console, bench, results, json_out: str) -> None:
 def cmd_bench(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .bench import boot
+    from .bench import boot, report as bench_report
 
+    _check_outputs(args, "json_out", "plot_out")
     overrides = {k: v for k, v in (("workloads", args.workloads), ("policies", args.policies),
                                    ("memory", args.memory), ("vcpus", args.vcpus), ("backend", args.backend),
                                    ("repeat", args.repeat), ("scale", args.scale), ("layout", args.layout))
@@ -123,11 +112,9 @@ def cmd_bench(args) -> int:
         task = progress.add_task(f"privmem bench ({backend})", total=boot.planned_runs(config, backend))
         report = boot.run(config, progress=lambda text: progress.update(task, advance=1, description=text)
                           if text else None)
-    console.print(boot.table(report))
-    for line in boot.headline(report):
-        console.print(line)
-    _write_outputs((args.json_out, _json_writer(report.as_json())),
-                   (args.plot_out, lambda path: boot.plot(report, path)))
+    doc = report.as_json(args.argv)
+    bench_report.print_result(console, doc, args.format)
+    write_outputs((args.json_out, json_writer(doc)), (args.plot_out, lambda path: bench_report.plot(doc, path)))
     console.print(f"JSON written to {args.json_out}; plot written to {args.plot_out}")
     return 1 if any(r.data_errors or r.dma_errors for r in report.runs) else 0
 
@@ -139,36 +126,93 @@ def cmd_bench_store(args) -> int:
     with console.status("measuring") as status:
         results = store.run(args.guests, include_pagemap=not args.no_pagemap,
                             progress=lambda what: status.update(f"measuring {what}"))
-    _report(console, store, results, args.json_out)
+    _report(console, store, results, args, guests=args.guests, pagemap=not args.no_pagemap)
     return 0
 
 
 def cmd_bench_parse(args) -> int:
     from .bench import parse
 
-    _report(_console(), parse, parse.run(scale=args.scale), args.json_out)
+    _report(_console(), parse, parse.run(scale=args.scale), args, scale=args.scale)
     return 0
 
 
 def cmd_bench_player(args) -> int:
     from .bench import player
 
-    _report(_console(), player, player.run(), args.json_out)
+    _report(_console(), player, player.run(), args, backend="kvm")
     return 0
 
 
 def cmd_bench_flipflop(args) -> int:
     from .bench import flipflop
 
-    console = _console()
-    _report(console, flipflop, flipflop.run(args.flips), args.json_out)
+    _report(_console(), flipflop, flipflop.run(args.flips), args, memory=flipflop.MEMORY, flips=args.flips)
     return 0
+
+
+# -- report, compare, advise ------------------------------------------------------------
+
+def cmd_report(args) -> int:
+    from .bench import report
+
+    _check_outputs(args, "plot_out")
+    doc = report.load(args.file)
+    report.print_result(_console(), doc, args.format)
+    if args.plot_out:
+        report.plot(doc, args.plot_out)
+        print(f"plot written to {args.plot_out}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .bench import compare, report
+
+    _check_outputs(args, "plot_out")
+    a, b = report.load(args.a, "A"), report.load(args.b, "B")
+    comparison = compare.compare(a, b, args.a, args.b)
+    for warning in comparison.warnings:
+        print(f"privmem: warning: {warning}", file=sys.stderr)
+    console = _console()
+    console.print(compare.table(comparison))
+    console.print(compare.summary(comparison))
+    if args.plot_out:
+        compare.plot(comparison, args.plot_out)
+        console.print(f"plot written to {args.plot_out}")
+    return 0
+
+
+def cmd_advise(args) -> int:
+    from .bench import advise
+
+    if args.trace:
+        given = [name for name in ("memory", "vcpus", "layout", "scale", "seed") if getattr(args, name) is not None]
+        if given:
+            raise InvalidArgument(given[0], getattr(args, given[0]), "a trace sets its own guest; give it with "
+                                  "--workload only", hex_value=False)
+    guest = {name: getattr(args, name) for name in ("memory", "vcpus", "layout", "scale", "seed", "budgets", "ages")
+             if getattr(args, name) is not None}
+    config = advise.AdviseConfig(workload=None if args.trace else args.workload, trace=args.trace,
+                                 backend=args.backend, repeat=args.repeat, tolerance=args.tolerance, **guest)
+    config.check()
+    _check_outputs(args, "json_out", "plot_out")
+    console = _console()
+    with console.status("privmem advise") as status:
+        result = advise.run(config, progress=lambda done, total, text: status.update(
+            f"privmem advise: run {done + 1}/{total}: {text}"))
+    doc = result.as_json(args.argv)
+    console.print(advise.table(doc))
+    for line in advise.headline(doc):
+        console.print(line)
+    write_outputs((args.json_out, json_writer(doc)), (args.plot_out, lambda path: advise.plot(doc, path)))
+    console.print(f"JSON written to {args.json_out}; plot written to {args.plot_out}")
+    return 1 if any(row["data_errors"] or row["dma_errors"] for row in doc["rows"]) else 0
 
 
 # -- run, trace, info -------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from .runner import compile_trace, open_trace, run_program
+    from .runner import compile_trace, open_trace, run_document, run_program
     from .workload import generate
 
     if args.trace:
@@ -182,7 +226,8 @@ def cmd_run(args) -> int:
     with program:
         result = run_program(program, name, args.policy, args.backend, tracking=args.tracking, backing=args.backing)
     if args.json:
-        print(json.dumps(result.as_dict(), indent=2))
+        seed, scale = (None, None) if args.trace else (args.seed, args.scale or 1.0)
+        print(json.dumps(run_document(result, args.argv, scale=scale, seed=seed, trace=args.trace), indent=2))
     else:
         from .units import format_size
         print(f"{result.workload} on {result.backend} ({format_size(result.memory)}, {result.vcpus} vCPU), "
@@ -241,11 +286,11 @@ def cmd_trace_generate(args) -> int:
 
 
 def cmd_soak(args) -> int:
-    from .soak import format_soak, run_soak
+    from .soak import format_soak, run_soak, soak_document
 
     result = run_soak(args.seconds, vcpus=args.vcpus, memory=args.memory, policy=args.policy,
                       backend=args.backend, seed=args.seed, data_check=args.data_check, backing=args.backing)
-    print(json.dumps(result, indent=2) if args.json else format_soak(result))
+    print(json.dumps(soak_document(result, args.seconds, args.argv), indent=2) if args.json else format_soak(result))
     failed = any(result[key] for key in ("data_errors", "dma_errors", "psc_errors", "state_errors"))
     return 1 if failed else 0
 
@@ -258,10 +303,30 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _list_of(field: str, parse_one, check):
+    """A comma list parsed item by item, then checked whole (bounds, duplicates)."""
+    return _argument(field, lambda text: check(tuple(parse_one(item.strip()) for item in text.split(",")
+                                                     if item.strip())))
+
+
+def _fraction(field: str):
+    """0.02 or 2%."""
+    def parse_value(text: str) -> float:
+        try:
+            return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise InvalidArgument(field, text, "not a number (e.g. 0.02 or 2%)", hex_value=False) from None
+    return _argument(field, parse_value)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .bench.advise import (DEFAULT_REPEAT, DEFAULT_TOLERANCE, MAX_AGES, MAX_BUDGETS, MAX_REPEAT, check_ages,
+                               check_budgets, parse_age)
+    from .bench.report import FORMATS as REPORT_FORMATS
     from .convert import POLICIES
     from .memmap import LAYOUTS
     from .runner import BACKENDS, TRACKINGS
+    from .units import parse_size
     from .vmm.machine import BACKINGS
     from .vmm.program import TIMINGS
     from .workload import IMPORTERS, WORKLOADS
@@ -284,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--layout", type=_choice("layout", LAYOUTS), help="guest memory layout (default flat)")
     bench.add_argument("--json-out", default="privmem-bench.json")
     bench.add_argument("--plot-out", default="privmem-bench.png")
+    bench.add_argument("--format", type=_choice("format", REPORT_FORMATS), default="table",
+                       help=f"how to print the table: {', '.join(REPORT_FORMATS)} (default table)")
     bench.set_defaults(handler=cmd_bench)
     kinds = bench.add_subparsers(dest="bench_kind")
     store = kinds.add_parser("store", help="the attribute store vs a bitmap and a per-page map")
@@ -377,6 +444,46 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--json", action="store_true")
     soak.set_defaults(handler=cmd_soak)
 
+    report = commands.add_parser("report", help="re-print and re-plot a saved bench result")
+    report.add_argument("file", metavar="FILE", help="a JSON file privmem bench wrote")
+    report.add_argument("--format", type=_choice("format", REPORT_FORMATS), default="table",
+                        help=f"{', '.join(REPORT_FORMATS)} (default table: the table privmem bench printed)")
+    report.add_argument("--plot-out", metavar="PNG", help="also draw the bench's plot into PNG")
+    report.set_defaults(handler=cmd_report)
+
+    compare = commands.add_parser("compare", help="two saved bench results side by side, B/A with the noise")
+    compare.add_argument("a", metavar="A", help="the baseline bench JSON")
+    compare.add_argument("b", metavar="B", help="the bench JSON to compare with it")
+    compare.add_argument("--plot-out", metavar="PNG", help="also draw B/A per row with its noise into PNG")
+    compare.set_defaults(handler=cmd_compare)
+
+    advice = commands.add_parser("advise", help="sweep lazy/adaptive budgets and ages; the Pareto front of time "
+                                 "against double allocation, and a recommendation")
+    source = advice.add_mutually_exclusive_group()
+    source.add_argument("--workload", type=_choice("workload", WORKLOADS), default="ovmf-dma",
+                        help="a built-in workload (default ovmf-dma)")
+    source.add_argument("--trace", metavar="FILE", help="a privmem trace v1 file (its own guest)")
+    advice.add_argument("--backend", type=_choice("backend", BACKENDS), help="default: kvm where /dev/kvm works")
+    advice.add_argument("--budgets", type=_list_of("budgets", lambda text: parse_size(text, "budgets"),
+                                                   check_budgets), metavar="SIZES",
+                        help=f"comma list of lazy/adaptive byte budgets, at most {MAX_BUDGETS} (default: 1/4096, "
+                             "1/1024, 1/256 and 1/64 of guest memory)")
+    advice.add_argument("--ages", type=_list_of("ages", parse_age, check_ages), metavar="AGES",
+                        help=f"comma list of lazy max ages (20ms, 0.5s; a bare number is ms), at most {MAX_AGES} "
+                             "(default 5ms,20ms,50ms)")
+    advice.add_argument("--repeat", type=_positive_int("repeat"), default=DEFAULT_REPEAT,
+                        help=f"interleaved rounds per setting, at most {MAX_REPEAT} (default {DEFAULT_REPEAT})")
+    advice.add_argument("--tolerance", type=_fraction("tolerance"), default=DEFAULT_TOLERANCE,
+                        help="how much slower than never a recommendation may be (default 0.02, i.e. 2%%)")
+    advice.add_argument("--memory", type=_size("memory"), help="guest memory for a workload (default 1G)")
+    advice.add_argument("--vcpus", type=_positive_int("vcpus"))
+    advice.add_argument("--scale", type=float, help="workload scale factor")
+    advice.add_argument("--seed", type=int)
+    advice.add_argument("--layout", type=_choice("layout", LAYOUTS), help="guest memory layout (default flat)")
+    advice.add_argument("--json-out", default="privmem-advise.json")
+    advice.add_argument("--plot-out", default="privmem-advise.png")
+    advice.set_defaults(handler=cmd_advise)
+
     info = commands.add_parser("info", help="what this host's KVM offers, probed")
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=cmd_info)
@@ -398,6 +505,7 @@ def _command(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = ["privmem", *(sys.argv[1:] if argv is None else argv)]   # recorded in every JSON result
     previous = signal.signal(signal.SIGTERM, _terminate) if threading_is_main() else None
     try:
         return args.handler(args)

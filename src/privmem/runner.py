@@ -26,6 +26,10 @@ from .vmm.program import Program
 BACKENDS = ("kvm", "host")
 TRACKINGS = ("store", "memslots")
 SAMPLE_INTERVAL = 0.05
+# A timeline point as the sampler takes it, and as JSON names it: seconds since the run
+# started, the engine's books of held memory, and the kernel's measured double allocation
+# (None between kernel samples).
+TIMELINE_KEYS = ("t_s", "held_books_bytes", "double_alloc_kernel_bytes")
 
 
 def kvm_unusable_reason(path: str = "/dev/kvm") -> str | None:
@@ -69,6 +73,7 @@ class RunResult:
     psc_errors: int = 0
     reclaimed_bytes: int = 0
     budget_bytes: int | None = None
+    max_age_s: float | None = None   # the draining policies' age limit
     peak_double_alloc_measured_bytes: int = 0   # kernel: allocation in the unused side, sampled
     layout: str = "flat"
     regions: list = field(default_factory=list)
@@ -79,14 +84,18 @@ class RunResult:
     timeline: list = field(default_factory=list)  # [(seconds, books bytes, kernel bytes or None)]
 
     def as_dict(self, timeline: bool = False) -> dict:
+        """The result as JSON would hold it; with ``timeline``, its points keyed by ``TIMELINE_KEYS``."""
         out = asdict(self)
-        if not timeline:
-            out.pop("timeline")
+        points = out.pop("timeline")
+        if timeline:
+            out["timeline"] = [dict(zip(TIMELINE_KEYS, point)) for point in points]
         return out
 
 
 def make_machine(backend: str, memory_map: GuestMemoryMap, vcpus: int, policy: str, tracking: str = "store",
-                 backing: str = "two-file"):
+                 backing: str = "two-file", budget: int | None = None, max_age: float | None = None):
+    """A machine of ``backend`` running ``policy`` over ``backing``; ``budget`` and
+    ``max_age`` (seconds) override the draining policies' defaults (see ``make_policy``)."""
     if backend not in BACKENDS:
         raise InvalidArgument("backend", backend, f"unknown (choose from {', '.join(BACKENDS)})", hex_value=False)
     if tracking not in TRACKINGS:
@@ -100,11 +109,33 @@ def make_machine(backend: str, memory_map: GuestMemoryMap, vcpus: int, policy: s
         if tracking != "store":
             raise InvalidArgument("tracking", tracking, "memslot tracking needs the kvm backend", hex_value=False)
         from .vmm.host import HostMachine
-        return HostMachine(vcpus=vcpus, policy=policy, memory_map=memory_map, backing=backing)
-    if tracking == "memslots":
+        machine_class = HostMachine
+    elif tracking == "memslots":
         from .vmm.memslots import MemslotMachine
-        return MemslotMachine(vcpus=vcpus, policy=policy, memory_map=memory_map)
-    return Machine(vcpus=vcpus, policy=policy, memory_map=memory_map, backing=backing)
+        machine_class = MemslotMachine
+    else:
+        machine_class = Machine
+    overrides = budget is not None or max_age is not None
+    if overrides and backing != "two-file":
+        raise InvalidArgument("backing", backing, "budget and max-age apply to the two-file backing's draining "
+                              "policies (in-place discards nothing)", hex_value=False)
+    engine = _engine_factory(policy, budget, max_age) if overrides else None
+    if machine_class is Machine or backend == "host":
+        return machine_class(vcpus=vcpus, engine=engine, policy=policy, memory_map=memory_map, backing=backing)
+    return machine_class(vcpus=vcpus, engine=engine, policy=policy, memory_map=memory_map)
+
+
+def _engine_factory(policy: str, budget: int | None, max_age: float | None):
+    """An engine factory over a machine's backings (what the machines take as ``engine``),
+    for a policy with its own settings."""
+    from .attrs import MemoryAttributes
+    from .convert import ConversionEngine, ConversionTracker, make_policy
+
+    def build(shared, private, memory_map):
+        return ConversionEngine(ConversionTracker(MemoryAttributes()),
+                                make_policy(policy, memory_map.ram_bytes, budget=budget, max_age=max_age),
+                                shared, private, memory_map=memory_map)
+    return build
 
 
 class _Sampler(threading.Thread):
@@ -148,12 +179,15 @@ def compile_trace(trace: Trace, timing: str = "none") -> Program:
 
 def run_program(program: Program, name: str, policy: str = "never", backend: str | None = None,
                 tracking: str = "store", sample_interval: float = SAMPLE_INTERVAL, timeout: float | None = None,
-                machine_hook=None, backing: str = "two-file") -> RunResult:
+                machine_hook=None, backing: str = "two-file", budget: int | None = None,
+                max_age: float | None = None) -> RunResult:
     """Run a compiled program on a fresh machine of its memory map; the machine is closed
     before this returns.  ``machine_hook(machine)`` runs once the machine exists (the CLI
-    uses it to close the machine on a signal)."""
+    uses it to close the machine on a signal).  ``budget`` (bytes) and ``max_age``
+    (seconds) override a draining policy's defaults."""
     backend = backend or default_backend()
-    with make_machine(backend, program.memory_map, program.vcpus, policy, tracking, backing) as machine:
+    with make_machine(backend, program.memory_map, program.vcpus, policy, tracking, backing, budget,
+                      max_age) as machine:
         if machine_hook is not None:
             machine_hook(machine)
         sampler = _Sampler(machine, sample_interval)
@@ -174,9 +208,22 @@ def run_program(program: Program, name: str, policy: str = "never", backend: str
             data_errors=result.data_errors, tracking=tracking, dma_errors=result.dma_errors,
             psc_retries=result.psc_retries, psc_errors=result.psc_errors, reclaimed_bytes=stats.reclaimed_bytes,
             budget_bytes=getattr(machine.engine.policy, "budget", None),
+            max_age_s=getattr(machine.engine.policy, "max_age", None),
             peak_double_alloc_measured_bytes=sampler.peak_double_measured, layout=memory_map.name,
             regions=memory_map.as_json(), ops=program.ops, timing=program.timing,
             peak_rss_bytes=peak_rss_bytes(), backing=backing, timeline=sampler.timeline)
+
+
+def run_document(result: RunResult, argv: list[str] | None = None, *, scale: float | None = None,
+                 seed: int | None = None, trace: str | None = None) -> dict:
+    """``privmem run --json``: the envelope, then the result's keys (no timeline)."""
+    from .results import document, requested
+
+    settings = requested(workloads=[result.workload], policies=[result.policy], backend=result.backend,
+                         layout=result.layout, memory=result.memory, vcpus=result.vcpus, repeat=1, scale=scale,
+                         seed=seed, tracking=result.tracking, timing=result.timing, trace=trace,
+                         backing=result.backing)
+    return document("run", settings, result.as_dict(), argv)
 
 
 def open_trace(path, timing: str = "none") -> tuple[Program, str, list[str]]:

@@ -203,6 +203,17 @@ def run_soak(seconds: float, vcpus: int = 2, memory: int | str = "64M", policy: 
         }
 
 
+def soak_document(result: dict, seconds: float, argv: list[str] | None = None) -> dict:
+    """``privmem soak --json``: the envelope (``seconds`` as asked; the result has the
+    seconds it took), then ``run_soak``'s keys."""
+    from .results import document, requested
+
+    settings = requested(policies=[result["policy"]], backend=result["backend"], layout="flat",
+                         memory=result["memory"], vcpus=result["vcpus"], seed=result["seed"], seconds=seconds,
+                         data_check=result["data_check"])
+    return document("soak", settings, result, argv)
+
+
 def format_soak(result: dict) -> str:
     """A few lines for the terminal; the verdict last."""
     ok = not (result["data_errors"] or result["dma_errors"] or result["psc_errors"] or result["state_errors"])
@@ -219,4 +230,4 @@ def format_soak(result: dict) -> str:
     ])
 
 
-__all__ = ["KEYS", "format_soak", "run_soak"]
+__all__ = ["KEYS", "format_soak", "run_soak", "soak_document"]

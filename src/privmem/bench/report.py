@@ -1,0 +1,297 @@
+"""A saved bench result, rendered: its table (rich, markdown or CSV), headline and plot.
+
+Everything here reads the bench's JSON document (``BenchReport.as_json``), never runs in
+memory: ``privmem bench`` prints through these functions from the document it saves, so
+``privmem report`` of the saved file prints the same table by construction.  ``load``
+upgrades a file from before the envelope (schema 0) to the current shape, or refuses it
+naming the key it lacks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import numbers
+
+from ..errors import InvalidArgument
+from ..results import HOST_KEYS, SCHEMA, load as load_result, requested
+from ..runner import TIMELINE_KEYS
+from ..units import MiB, format_size
+from .boot import ROW_KEYS
+
+FORMATS = ("table", "markdown", "csv", "json")
+# The table's columns: (header, right-justified?).
+COLUMNS = (("workload", False), ("policy", False), ("time", True), ("vs never", True), ("spread", True),
+           ("conversions", True), ("discards", True), ("peak held (books)", True),
+           ("peak double alloc (kernel)", True), ("budget", True), ("peak host memory", True),
+           ("data errors", True))
+# Row keys every cell needs; the others may be None (shown as "-").
+NEEDED_ROW_KEYS = ("wall_s", "conversions", "discards", "peak_double_alloc_bytes",
+                   "peak_double_alloc_measured_bytes", "peak_host_bytes", "data_errors", "dma_errors")
+NEEDED_REQUESTED_KEYS = ("workloads", "policies", "backend", "memory", "vcpus", "repeat")
+COST_KEYS = ("exit_roundtrip_us", "conversion_roundtrip_us", "vmm_us_per_conversion", "ratio", "conversions")
+OLD_CONFIG_KEYS = ("backend", "memory", "vcpus", "repeat", "scale", "seed")
+
+
+def load(path: str, field: str = "file") -> dict:
+    """A bench result from ``path`` in the current shape; InvalidArgument names what is wrong."""
+    doc = load_result(path, "bench", field)
+    if doc["schema"] == 0:
+        doc = upgrade(doc, path, field)
+    check(doc, path)
+    return doc
+
+
+def upgrade(old: dict, path: str, field: str = "file") -> dict:
+    """A bench file from before the envelope, in the current shape: its settings move into
+    ``requested``, the envelope's facts it never recorded are None, every row gets every
+    key, and timeline points get their names."""
+    for key in ("summary", "runs", *OLD_CONFIG_KEYS[:4]):
+        if key not in old:
+            raise InvalidArgument(field, path, f"not a privmem bench result: no {key!r} key", hex_value=False)
+    if not isinstance(old["summary"], list) or not all(isinstance(row, dict) for row in old["summary"]):
+        raise InvalidArgument("summary", old["summary"], f"{path}: must be a list of rows", hex_value=False)
+    workloads = list(dict.fromkeys(row.get("workload") for row in old["summary"]))
+    policies = list(dict.fromkeys(row.get("policy") for row in old["summary"] if row.get("tracking") == "store"))
+    settings = requested(workloads=workloads, policies=policies, layout=old.get("layout"),
+                         **{key: old.get(key) for key in OLD_CONFIG_KEYS})
+    summary = [{**dict.fromkeys(ROW_KEYS), **row} for row in old["summary"]]
+    runs = [{**run, "timeline": [dict(zip(TIMELINE_KEYS, point)) if isinstance(point, list) else point
+                                 for point in run.get("timeline", [])]} if isinstance(run, dict) else run
+            for run in old["runs"]] if isinstance(old["runs"], list) else old["runs"]
+    return {"schema": SCHEMA, "kind": "bench", "privmem_version": None, "created": None, "argv": None,
+            "host": dict.fromkeys(HOST_KEYS), "requested": settings, "upgraded_from_schema": 0,
+            "conversion_cost": old.get("conversion_cost"), "summary": summary, "runs": runs}
+
+
+def check(doc: dict, path: str) -> None:
+    """Every value the table, headline and plot read has the type they need."""
+    settings = doc.get("requested")
+    if not isinstance(settings, dict):
+        raise InvalidArgument("requested", settings, f"{path}: must be an object", hex_value=False)
+    for key in NEEDED_REQUESTED_KEYS:
+        if key not in settings:
+            raise InvalidArgument("requested", sorted(settings), f"{path}: has no {key!r} key", hex_value=False)
+    for key in ("memory", "vcpus", "repeat"):
+        _number(f"requested.{key}", settings[key], path)
+    for key in ("workloads", "policies"):
+        if not isinstance(settings[key], list) or not all(isinstance(name, str) for name in settings[key]):
+            raise InvalidArgument(f"requested.{key}", settings[key], f"{path}: must be a list of names",
+                                  hex_value=False)
+    for key in ("summary", "runs"):
+        if not isinstance(doc.get(key), list) or not all(isinstance(item, dict) for item in doc[key]):
+            raise InvalidArgument(key, doc.get(key), f"{path}: must be a list of objects", hex_value=False)
+    for index, row in enumerate(doc["summary"]):
+        for key in ("workload", "policy", "tracking"):
+            if not isinstance(row.get(key), str):
+                raise InvalidArgument(f"summary[{index}].{key}", row.get(key), f"{path}: must be a name",
+                                      hex_value=False)
+        for key in NEEDED_ROW_KEYS:
+            _number(f"summary[{index}].{key}", row.get(key), path)
+        for key in ("ratio_to_never", "spread", "budget_bytes"):
+            if row.get(key) is not None:
+                _number(f"summary[{index}].{key}", row[key], path)
+    cost = doc.get("conversion_cost")
+    if cost is not None:
+        if not isinstance(cost, dict):
+            raise InvalidArgument("conversion_cost", cost, f"{path}: must be an object or null", hex_value=False)
+        for key in COST_KEYS:
+            _number(f"conversion_cost.{key}", cost.get(key), path)
+    for index, run in enumerate(doc["runs"]):
+        timeline = run.get("timeline", [])
+        if not isinstance(timeline, list) or not all(isinstance(point, dict) and set(TIMELINE_KEYS) <= set(point)
+                                                     for point in timeline):
+            raise InvalidArgument(f"runs[{index}].timeline", "...", f"{path}: points must be objects with the "
+                                  f"keys {', '.join(TIMELINE_KEYS)}", hex_value=False)
+
+
+def _number(field: str, value, path: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgument(field, value, f"{path}: must be a number", hex_value=False)
+
+
+# -- the table --------------------------------------------------------------------------
+
+def title(doc: dict) -> str:
+    settings = doc["requested"]
+    return (f"privmem bench: {format_size(settings['memory'])} guest, {settings['vcpus']} vCPU, "
+            f"{settings['backend']} backend, best of {settings['repeat']} interleaved rounds")
+
+
+TRACKING_NAMES = {"memslots": "memslot"}
+
+
+def tracking_name(tracking: str) -> str:
+    return TRACKING_NAMES.get(tracking, tracking)
+
+
+def label(row: dict) -> str:
+    """A row's name in the policy column: the policy, and the tracking where it is not the store's."""
+    return row["policy"] if row["tracking"] == "store" else f"{row['policy']}, {tracking_name(row['tracking'])} tracking"
+
+
+def _or_dash(value, shown) -> str:
+    return "-" if value is None else shown(value)
+
+
+def cells(row: dict) -> list[str]:
+    """One row's cells, in ``COLUMNS`` order, as every format shows them."""
+    return [row["workload"], label(row), f"{row['wall_s']:.3f} s", _or_dash(row["ratio_to_never"], "{:.3f}x".format),
+            _or_dash(row["spread"], "{:.1%}".format), f"{row['conversions']:,}", f"{row['discards']:,}",
+            format_size(row["peak_double_alloc_bytes"]), format_size(row["peak_double_alloc_measured_bytes"]),
+            format_size(row["budget_bytes"]) if row["budget_bytes"] else "-", format_size(row["peak_host_bytes"]),
+            str(row["data_errors"] + row["dma_errors"])]
+
+
+def grouped(doc: dict) -> list[list[dict]]:
+    """The summary rows, one group per workload, in the order they were saved."""
+    groups: dict[str, list[dict]] = {}
+    for row in doc["summary"]:
+        groups.setdefault(row["workload"], []).append(row)
+    return list(groups.values())
+
+
+def table(doc: dict):
+    """The rich table ``privmem bench`` prints."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = Table(title=escape(title(doc)))
+    for header, right in COLUMNS:
+        out.add_column(header, justify="right" if right else "left")
+    for group in grouped(doc):
+        for row in group:
+            out.add_row(*(escape(cell) for cell in cells(row)))
+        out.add_section()
+    return out
+
+
+def markdown(doc: dict) -> str:
+    """The table as a GitHub pipe table (for README files and pull requests)."""
+    def line(values) -> str:
+        return "| " + " | ".join(value.replace("|", "\\|") for value in values) + " |"
+
+    lines = [line(header for header, _ in COLUMNS), "|" + "|".join("---:" if right else "---" for _, right in COLUMNS)
+             + "|"]
+    lines += [line(cells(row)) for row in doc["summary"]]
+    return "\n".join(lines)
+
+
+def csv_text(doc: dict) -> str:
+    """The summary rows as CSV: every row key, raw numbers (bytes, seconds), empty for None."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=ROW_KEYS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(doc["summary"])
+    return out.getvalue()
+
+
+def render(doc: dict, fmt: str):
+    """The document in ``fmt`` (one of ``FORMATS``): a rich table, or text."""
+    if fmt == "table":
+        return table(doc)
+    if fmt == "markdown":
+        return markdown(doc)
+    if fmt == "csv":
+        return csv_text(doc).rstrip("\n")
+    if fmt == "json":
+        return json.dumps(doc, indent=2)
+    raise InvalidArgument("format", fmt, f"unknown (choose from {', '.join(FORMATS)})", hex_value=False)
+
+
+def headline(doc: dict) -> list[str]:
+    """The figures printed under the table."""
+    lines = []
+    for group in grouped(doc):
+        workload = group[0]["workload"]
+        shown = ", ".join(f"{row['policy']} {row['ratio_to_never']:.3f}x" for row in group
+                          if row["tracking"] == "store" and row["ratio_to_never"] is not None)
+        lines.append(f"{workload}: time vs never: {shown}")
+        for row in group:
+            if row["tracking"] != "store" and row["ratio_to_never"]:
+                lines.append(f"{workload}: {tracking_name(row['tracking'])}-splitting tracking takes "
+                             f"{row['ratio_to_never']:.2f}x the store's time (both under {row['policy']})")
+    cost = doc.get("conversion_cost")
+    if cost:
+        lines.append(f"under never: VMM time per conversion {cost['vmm_us_per_conversion']:.1f} µs = "
+                     f"{cost['ratio']:.2f}x a bare port-I/O exit round trip ({cost['exit_roundtrip_us']:.1f} µs); "
+                     f"guest-to-guest conversion round trip {cost['conversion_roundtrip_us']:.1f} µs = "
+                     f"{1e6 / cost['conversion_roundtrip_us']:,.0f} conversions/s ({cost['conversions']:,} measured)")
+    errors = sum((run.get("data_errors") or 0) + (run.get("dma_errors") or 0) for run in doc["runs"])
+    lines.append(f"data errors across all runs: {errors}")
+    return lines
+
+
+def print_result(console, doc: dict, fmt: str = "table") -> None:
+    """What ``privmem bench`` and ``privmem report`` print: the table and its headline, or
+    the document in another format (text formats are printed as they are, never wrapped)."""
+    if fmt == "table":
+        console.print(table(doc))
+        for line in headline(doc):
+            console.print(line)
+    else:
+        print(render(doc, fmt), file=console.file)
+
+
+# -- the plot ---------------------------------------------------------------------------
+
+def best_run(doc: dict, row: dict) -> dict | None:
+    """The saved run a summary row reports (its fastest round)."""
+    runs = [run for run in doc["runs"] if (run.get("workload"), run.get("policy"), run.get("tracking", "store"))
+            == (row["workload"], row["policy"], row["tracking"])]
+    return min(runs, key=lambda run: run.get("wall_s", float("inf"))) if runs else None
+
+
+def plot(doc: dict, path: str) -> None:
+    """Two panels: time per policy (ratio to never) per workload; the first workload's held
+    memory over time (the books, as steps; the kernel's samples, as dots)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    groups = grouped(doc)
+    policies = list(doc["requested"]["policies"])
+    width = 0.8 / max(len(groups), 1)
+    for index, group in enumerate(groups):
+        by_policy = {row["policy"]: row for row in group if row["tracking"] == "store"}
+        ratios = [(by_policy.get(policy) or {}).get("ratio_to_never") or 0 for policy in policies]
+        left.bar([k + index * width for k in range(len(policies))], ratios, width, label=group[0]["workload"])
+    left.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    left.set_xticks([k + width * (len(groups) - 1) / 2 for k in range(len(policies))], policies)
+    left.set_ylabel("time / time under never")
+    left.set_title("Guest run time per discard policy")
+    left.legend()
+    highest = 1.0
+    for row in groups[0] if groups else []:
+        run = best_run(doc, row)
+        if row["tracking"] != "store" or not run or not run.get("timeline"):
+            continue
+        points = run["timeline"]
+        books = [point["held_books_bytes"] / MiB for point in points]
+        highest = max(highest, *books)
+        (line,) = right.step([point["t_s"] for point in points], books, where="post", label=row["policy"])
+        kernel = [(point["t_s"], point["double_alloc_kernel_bytes"] / MiB) for point in points
+                  if point["double_alloc_kernel_bytes"] is not None]
+        if kernel:
+            right.plot(*zip(*kernel), linestyle="none", marker=".", color=line.get_color())
+    budget = next((row["budget_bytes"] for row in doc["summary"] if row["budget_bytes"]), None)
+    if budget:
+        right.axhline(budget / MiB, color="red", linewidth=0.8, linestyle=":", label="lazy budget")
+    right.set_xlabel("seconds")
+    right.set_ylabel("double-allocated MiB (steps: books; dots: kernel)")
+    right.set_title(f"Double allocation over time ({groups[0][0]['workload'] if groups else '-'})")
+    right.set_yscale("symlog", linthresh=1)
+    right.set_ylim(0, highest * 2)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=110, format="png")   # the path may be a temporary name without .png
+    finally:
+        plt.close(fig)
+
+
+__all__ = ["COLUMNS", "FORMATS", "cells", "csv_text", "headline", "load", "markdown", "plot",
+           "print_result", "render", "table", "title", "upgrade"]
