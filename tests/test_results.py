@@ -53,13 +53,19 @@ def test_bench_json_has_the_envelope_one_row_schema_and_named_timelines():
 
 
 @pytest.mark.kvm
-def test_the_memslot_row_has_every_key_the_others_have():
+def test_the_contrast_rows_have_every_key_the_others_have():
     config = boot.BenchConfig.quick(workloads=("ovmf-dma",), policies=("never",), repeat=2, backend="kvm",
                                     memory=64 << 20, scale=0.02, roundtrips=200)
     doc = boot.run(config).as_json()
-    assert [row["tracking"] for row in doc["summary"]] == ["store", "memslots"]
+    assert [(row["tracking"], row["backing"]) for row in doc["summary"]] == [
+        ("store", "two-file"), ("memslots", "two-file"), ("store", "in-place")]
     assert all(tuple(row) == boot.ROW_KEYS for row in doc["summary"])
-    assert doc["summary"][1]["spread"] is not None and doc["host"]["gpa_width"]
+    assert all(row["spread"] is not None and row["ratio_to_never"] for row in doc["summary"])
+    assert doc["host"]["gpa_width"] and doc["requested"]["in_place"] is True
+    in_place = doc["summary"][2]
+    assert in_place["discards"] == 0 and in_place["peak_double_alloc_measured_bytes"] == 0
+    assert [report.label(row) for row in doc["summary"]] == ["never", "never, memslot tracking", "never, in-place"]
+    assert any(line.startswith("ovmf-dma: in-place conversion takes") for line in report.headline(doc))
 
 
 def test_run_and_soak_json_carry_the_envelope(capsys):

@@ -104,6 +104,8 @@ def cmd_bench(args) -> int:
                  if v is not None}
     if args.no_memslots:
         overrides["memslots"] = False
+    if args.no_in_place:
+        overrides["in_place"] = False
     config = boot.BenchConfig.quick(**overrides) if args.quick else boot.BenchConfig(**overrides)
     console = _console()
     backend = config.backend or boot.default_backend()
@@ -346,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=_positive_int("repeat"), help="interleaved rounds (default 5)")
     bench.add_argument("--scale", type=float, help="workload scale factor")
     bench.add_argument("--no-memslots", action="store_true", help="skip the memslot-splitting contrast run")
+    bench.add_argument("--no-in-place", action="store_true", help="skip the in-place backing's contrast run")
     bench.add_argument("--layout", type=_choice("layout", LAYOUTS), help="guest memory layout (default flat)")
     bench.add_argument("--json-out", default="privmem-bench.json")
     bench.add_argument("--plot-out", default="privmem-bench.png")

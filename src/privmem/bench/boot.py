@@ -6,7 +6,12 @@ spreads over all of them, and each policy's time is its best round.  Times are r
 ratios to ``never`` (no discard at all, the seed's plain-SNP lower bound).  On KVM it also
 measures a bare port-I/O exit round trip and a one-page conversion round trip under
 ``never`` in the same run, and runs ``ovmf-dma`` with conversions done by splitting memslots
-(the design the seed rejected) for contrast.
+(the design the seed rejected) and every workload on the in-place backing (one guest_memfd
+serving both views: nothing to discard, so only under ``never``) for contrast.
+
+A row is a (workload, policy, tracking, backing): the policies run on the two-file backing
+with the store's tracking; the contrasts are ``("never", "memslots", "two-file")`` and
+``("never", "store", "in-place")``, ratioed to the two-file ``never`` row like the policies.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class BenchConfig:
     scale: float = 1.0
     seed: int = 0
     memslots: bool = True
+    in_place: bool = True
     roundtrips: int = 20_000
     layout: str = "flat"
 
@@ -52,29 +58,31 @@ class BenchReport:
     runs: list[RunResult] = field(default_factory=list)
     conversion_cost: dict | None = None   # Machine.measure_conversion_cost under never
 
-    def best(self, workload: str, policy: str, tracking: str = "store") -> RunResult | None:
-        return rounds.best(self.runs_of(workload, policy, tracking))
+    def best(self, workload: str, policy: str, tracking: str = "store", backing: str = "two-file") -> RunResult | None:
+        return rounds.best(self.runs_of(workload, policy, tracking, backing))
 
-    def runs_of(self, workload: str, policy: str, tracking: str = "store") -> list[RunResult]:
-        return [r for r in self.runs if (r.workload, r.policy, r.tracking) == (workload, policy, tracking)]
+    def runs_of(self, workload: str, policy: str, tracking: str = "store", backing: str = "two-file") -> list[RunResult]:
+        key = (workload, policy, tracking, backing)
+        return [r for r in self.runs if (r.workload, r.policy, r.tracking, r.backing) == key]
 
-    def ratio(self, workload: str, policy: str, tracking: str = "store") -> float | None:
-        run, base = self.best(workload, policy, tracking), self.best(workload, "never")
+    def ratio(self, workload: str, policy: str, tracking: str = "store", backing: str = "two-file") -> float | None:
+        run, base = self.best(workload, policy, tracking, backing), self.best(workload, "never")
         return run.wall_s / base.wall_s if run and base and base.wall_s else None
 
-    def spread(self, workload: str, policy: str, tracking: str = "store") -> float:
+    def spread(self, workload: str, policy: str, tracking: str = "store", backing: str = "two-file") -> float:
         """Relative spread of a row's rounds: the noise to read its ratio against."""
-        return rounds.spread(self.runs_of(workload, policy, tracking))
+        return rounds.spread(self.runs_of(workload, policy, tracking, backing))
 
-    def row(self, workload: str, policy: str, tracking: str = "store") -> dict | None:
-        """The summary row of one (workload, policy, tracking): ``ROW_KEYS``, figures of the best round."""
-        run = self.best(workload, policy, tracking)
+    def row(self, workload: str, policy: str, tracking: str = "store", backing: str = "two-file") -> dict | None:
+        """The summary row of one (workload, policy, tracking, backing): ``ROW_KEYS``, figures
+        of the best round."""
+        run = self.best(workload, policy, tracking, backing)
         if run is None:
             return None
-        return {"workload": workload, "policy": policy, "tracking": tracking,
-                "rounds": len(self.runs_of(workload, policy, tracking)), "wall_s": run.wall_s,
-                "ratio_to_never": self.ratio(workload, policy, tracking),
-                "spread": self.spread(workload, policy, tracking),
+        return {"workload": workload, "policy": policy, "tracking": tracking, "backing": backing,
+                "rounds": len(self.runs_of(workload, policy, tracking, backing)), "wall_s": run.wall_s,
+                "ratio_to_never": self.ratio(workload, policy, tracking, backing),
+                "spread": self.spread(workload, policy, tracking, backing),
                 **{key: getattr(run, key) for key in FIGURE_KEYS}}
 
     def as_json(self, argv: list[str] | None = None) -> dict:
@@ -83,28 +91,44 @@ class BenchReport:
         and plots it; the bench itself prints through the same functions."""
         summary = []
         for workload in self.config.workloads:
-            keys = [(policy, "store") for policy in self.config.policies] + [("never", "memslots")]
+            keys = [(policy, "store", "two-file") for policy in self.config.policies] + list(CONTRASTS)
             summary += [row for row in (self.row(workload, *key) for key in keys) if row]
         config = self.config
         settings = requested(workloads=config.workloads, policies=config.policies, backend=self.backend,
                              layout=config.layout, memory=config.memory, vcpus=config.vcpus, repeat=config.repeat,
-                             scale=config.scale, seed=config.seed, memslots=config.memslots,
+                             scale=config.scale, seed=config.seed, memslots=config.memslots, in_place=config.in_place,
                              roundtrips=config.roundtrips if self.conversion_cost else None)
         return document("bench", settings, {"conversion_cost": self.conversion_cost, "summary": summary,
                                             "runs": [r.as_dict(timeline=True) for r in self.runs]}, argv)
 
 
-ROW_HEAD = ("workload", "policy", "tracking", "rounds", "wall_s", "ratio_to_never", "spread")
+ROW_HEAD = ("workload", "policy", "tracking", "backing", "rounds", "wall_s", "ratio_to_never", "spread")
 FIGURE_KEYS = ("conversions", "pages_converted", "exits", "discards", "discarded_bytes", "reclaimed_bytes",
                "peak_double_alloc_bytes", "peak_double_alloc_measured_bytes", "peak_host_bytes", "budget_bytes",
                "max_age_s", "data_errors", "dma_errors")
 ROW_KEYS = ROW_HEAD + FIGURE_KEYS
 
 
+MEMSLOT_CONTRAST = ("never", "memslots", "two-file")
+IN_PLACE_CONTRAST = ("never", "store", "in-place")
+CONTRASTS = (MEMSLOT_CONTRAST, IN_PLACE_CONTRAST)
+
+
+def variants(config: BenchConfig, backend: str, workload: str) -> list[tuple[str, str, str]]:
+    """The (policy, tracking, backing) of each run of ``workload`` in one round: every policy
+    on the two-file backing, then the contrasts that apply (memslot splitting needs KVM and
+    is run on ``ovmf-dma``, the DMA-heavy workload it was rejected for)."""
+    out = [(policy, "store", "two-file") for policy in config.policies]
+    if workload == "ovmf-dma" and config.memslots and backend == "kvm":
+        out.append(MEMSLOT_CONTRAST)
+    if config.in_place:
+        out.append(IN_PLACE_CONTRAST)
+    return out
+
+
 def planned_runs(config: BenchConfig, backend: str) -> int:
-    per_round = len(config.workloads) * len(config.policies)
-    memslot_runs = sum(1 for w in config.workloads if w == "ovmf-dma") if config.memslots and backend == "kvm" else 0
-    return config.repeat * (per_round + memslot_runs) + (2 if backend == "kvm" else 0)
+    per_round = sum(len(variants(config, backend, workload)) for workload in config.workloads)
+    return config.repeat * per_round + (2 if backend == "kvm" else 0)
 
 
 def conversion_cost(memory: int, count: int, layout: str = "flat") -> dict:
@@ -115,6 +139,13 @@ def conversion_cost(memory: int, count: int, layout: str = "flat") -> dict:
 
     with Machine(memory, 1, policy="never", layout=layout) as machine:
         return measure(machine, count)
+
+
+def describe(policy: str, tracking: str, backing: str) -> str:
+    """A row's name: the policy, and the design where it is not the two-file store's."""
+    if tracking != "store":
+        return f"{policy}, {'memslot' if tracking == 'memslots' else tracking} tracking"
+    return policy if backing == "two-file" else f"{policy}, {backing}"
 
 
 def run(config: BenchConfig, progress=None) -> BenchReport:
@@ -135,14 +166,11 @@ def run(config: BenchConfig, progress=None) -> BenchReport:
             tick("exit and conversion round trips")
             tick("")
         for round_index in range(config.repeat):
-            order = rounds.rotated(config.policies, round_index)
             for workload, program in programs.items():
-                for policy in order:
-                    report.runs.append(run_program(program, workload, policy, backend))
-                    tick(f"{workload} {policy} (round {round_index + 1}/{config.repeat})")
-                if workload == "ovmf-dma" and config.memslots and backend == "kvm":
-                    report.runs.append(run_program(program, workload, "never", backend, tracking="memslots"))
-                    tick(f"{workload} memslot tracking (round {round_index + 1}/{config.repeat})")
+                for policy, tracking, backing in rounds.rotated(variants(config, backend, workload), round_index):
+                    report.runs.append(run_program(program, workload, policy, backend, tracking=tracking,
+                                                   backing=backing))
+                    tick(f"{workload} {describe(policy, tracking, backing)} (round {round_index + 1}/{config.repeat})")
     finally:
         for program in programs.values():
             program.close()

@@ -1,7 +1,7 @@
 """Two saved bench results side by side: B's time (and kernel-measured double allocation) as a
 ratio to A's, row by row, each time ratio read against the noise the two runs measured.
 
-A row is a (workload, policy, tracking).  Its noise is the larger of the two rows' spreads
+A row is a (workload, policy, tracking, backing).  Its noise is the larger of the two rows' spreads
 (the relative spread (max - min) / min of each row's rounds), and never less than the median
 spread of all rows of both files: two rounds can agree by chance, leaving a row a spread
 near 0 that says nothing about the machine, whose noise every row shares.  A ratio with
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..results import HOST_KEYS
 from ..units import format_size
-from .report import label
+from .report import label, row_key
 
 # The settings two results must share to describe the same guest and experiment.
 SAME_GUEST_KEYS = ("backend", "backing", "layout", "memory", "vcpus", "scale", "seed")
@@ -25,7 +25,7 @@ WITHIN, FASTER, SLOWER, ONLY_A, ONLY_B = "within noise", "B faster", "B slower",
 
 @dataclass
 class RowComparison:
-    key: tuple[str, str, str]                # (workload, policy, tracking)
+    key: tuple[str, str, str, str]           # (workload, policy, tracking, backing)
     a: dict | None
     b: dict | None
     noise_floor: float = 0.0
@@ -82,8 +82,7 @@ def differences(a: dict, b: dict, keys) -> list[str]:
 def compare(a: dict, b: dict, a_path: str = "A", b_path: str = "B") -> Comparison:
     """Compare two bench documents (as ``report.load`` returns them), rows in A's order then B's own."""
     out = Comparison(a_path, b_path)
-    key = lambda row: (row["workload"], row["policy"], row["tracking"])  # noqa: E731
-    rows_a, rows_b = {key(row): row for row in a["summary"]}, {key(row): row for row in b["summary"]}
+    rows_a, rows_b = {row_key(row): row for row in a["summary"]}, {row_key(row): row for row in b["summary"]}
     spreads = [row["spread"] for row in a["summary"] + b["summary"] if row.get("spread") is not None]
     out.noise_floor = statistics.median(spreads) if spreads else 0.0
     out.rows = [RowComparison(k, rows_a.get(k), rows_b.get(k), out.noise_floor) for k in {**rows_a, **rows_b}]

@@ -18,7 +18,7 @@ from ..errors import InvalidArgument
 from ..results import HOST_KEYS, SCHEMA, load as load_result, requested
 from ..runner import TIMELINE_KEYS
 from ..units import MiB, format_size
-from .boot import ROW_KEYS
+from .boot import ROW_KEYS, describe
 
 FORMATS = ("table", "markdown", "csv", "json")
 # The table's columns: (header, right-justified?).
@@ -119,16 +119,25 @@ def title(doc: dict) -> str:
             f"{settings['backend']} backend, best of {settings['repeat']} interleaved rounds")
 
 
-TRACKING_NAMES = {"memslots": "memslot"}
+def backing_of(row: dict) -> str:
+    """A row's backing: rows saved before the in-place backing existed name none (two-file)."""
+    return row.get("backing") or "two-file"
 
 
-def tracking_name(tracking: str) -> str:
-    return TRACKING_NAMES.get(tracking, tracking)
+def row_key(row: dict) -> tuple[str, str, str, str]:
+    """What a row measured: (workload, policy, tracking, backing)."""
+    return row["workload"], row["policy"], row["tracking"], backing_of(row)
+
+
+def is_policy_row(row: dict) -> bool:
+    """A discard policy's own row (two-file backing, the store's tracking), not a contrast."""
+    return row["tracking"] == "store" and backing_of(row) == "two-file"
 
 
 def label(row: dict) -> str:
-    """A row's name in the policy column: the policy, and the tracking where it is not the store's."""
-    return row["policy"] if row["tracking"] == "store" else f"{row['policy']}, {tracking_name(row['tracking'])} tracking"
+    """A row's name in the policy column: the policy, and the design where it is not the
+    two-file store's."""
+    return describe(row["policy"], row["tracking"], backing_of(row))
 
 
 def _or_dash(value, shown) -> str:
@@ -206,12 +215,17 @@ def headline(doc: dict) -> list[str]:
     for group in grouped(doc):
         workload = group[0]["workload"]
         shown = ", ".join(f"{row['policy']} {row['ratio_to_never']:.3f}x" for row in group
-                          if row["tracking"] == "store" and row["ratio_to_never"] is not None)
+                          if is_policy_row(row) and row["ratio_to_never"] is not None)
         lines.append(f"{workload}: time vs never: {shown}")
         for row in group:
-            if row["tracking"] != "store" and row["ratio_to_never"]:
-                lines.append(f"{workload}: {tracking_name(row['tracking'])}-splitting tracking takes "
-                             f"{row['ratio_to_never']:.2f}x the store's time (both under {row['policy']})")
+            if is_policy_row(row) or not row["ratio_to_never"]:
+                continue
+            if row["tracking"] != "store":
+                lines.append(f"{workload}: memslot-splitting tracking takes {row['ratio_to_never']:.2f}x the "
+                             f"store's time (both under {row['policy']})")
+            else:
+                lines.append(f"{workload}: {backing_of(row)} conversion takes {row['ratio_to_never']:.2f}x the "
+                             f"two-file design's time (both under {row['policy']})")
     cost = doc.get("conversion_cost")
     if cost:
         lines.append(f"under never: VMM time per conversion {cost['vmm_us_per_conversion']:.1f} µs = "
@@ -238,8 +252,8 @@ def print_result(console, doc: dict, fmt: str = "table") -> None:
 
 def best_run(doc: dict, row: dict) -> dict | None:
     """The saved run a summary row reports (its fastest round)."""
-    runs = [run for run in doc["runs"] if (run.get("workload"), run.get("policy"), run.get("tracking", "store"))
-            == (row["workload"], row["policy"], row["tracking"])]
+    runs = [run for run in doc["runs"] if (run.get("workload"), run.get("policy"), run.get("tracking", "store"),
+                                           run.get("backing") or "two-file") == row_key(row)]
     return min(runs, key=lambda run: run.get("wall_s", float("inf"))) if runs else None
 
 
@@ -253,21 +267,27 @@ def plot(doc: dict, path: str) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     groups = grouped(doc)
-    policies = list(doc["requested"]["policies"])
+    # One bar per row label (the policies, then the contrasts: memslot splitting, in-place),
+    # each up to its best round, its whisker up to its slowest round.
+    categories = list(doc["requested"]["policies"])
+    categories += [name for name in dict.fromkeys(label(row) for row in doc["summary"]) if name not in categories]
     width = 0.8 / max(len(groups), 1)
     for index, group in enumerate(groups):
-        by_policy = {row["policy"]: row for row in group if row["tracking"] == "store"}
-        ratios = [(by_policy.get(policy) or {}).get("ratio_to_never") or 0 for policy in policies]
-        left.bar([k + index * width for k in range(len(policies))], ratios, width, label=group[0]["workload"])
+        by_label = {label(row): row for row in group}
+        ratios = [(by_label.get(name) or {}).get("ratio_to_never") or 0 for name in categories]
+        slowest = [ratio * ((by_label.get(name) or {}).get("spread") or 0) for name, ratio in zip(categories, ratios)]
+        left.bar([k + index * width for k in range(len(categories))], ratios, width, label=group[0]["workload"],
+                 yerr=[[0] * len(ratios), slowest], capsize=2, error_kw={"linewidth": 0.8})
     left.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-    left.set_xticks([k + width * (len(groups) - 1) / 2 for k in range(len(policies))], policies)
-    left.set_ylabel("time / time under never")
-    left.set_title("Guest run time per discard policy")
+    left.set_xticks([k + width * (len(groups) - 1) / 2 for k in range(len(categories))],
+                    [name.replace(", ", "\n") for name in categories], fontsize=8)
+    left.set_ylabel("time / time under never (whisker: slowest round)")
+    left.set_title("Guest run time per discard policy and design")
     left.legend()
     highest = 1.0
     for row in groups[0] if groups else []:
         run = best_run(doc, row)
-        if row["tracking"] != "store" or not run or not run.get("timeline"):
+        if not is_policy_row(row) or not run or not run.get("timeline"):
             continue
         points = run["timeline"]
         books = [point["held_books_bytes"] / MiB for point in points]
