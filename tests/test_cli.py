@@ -31,7 +31,8 @@ def test_trace_generate_then_run_it(tmp_path, capsys):
     path = tmp_path / "t.jsonl"
     assert main(["trace", "generate", "coherent", "-o", str(path), "--memory", "64M", "--scale", "0.05"]) == 0
     assert main(["run", "--trace", str(path), "--backend", "host", "--policy", "eager"]) == 0
-    assert "data errors 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "data errors:                0" in out and out.rstrip().endswith("verdict:                    OK")
 
 
 def test_trace_import_from_a_qemu_log(tmp_path, capsys):
@@ -108,7 +109,7 @@ def test_bench_quick_on_the_host_backend_writes_json_and_plot(tmp_path, capsys):
     report = json.loads(json_out.read_text())
     assert {row["policy"] for row in report["summary"]} == {"never", "eager", "keep-shared", "lazy", "adaptive"}
     assert plot_out.read_bytes()[:4] == b"\x89PNG"
-    assert "time vs never" in capsys.readouterr().out
+    assert "ovmf-dma vs never: " in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, shown", [

@@ -42,7 +42,7 @@ def test_the_replay_example_runs(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["run", "--trace", str(out), "--backend", "host", "--policy", "lazy"]) == 0
     printed = capsys.readouterr().out.strip()
-    shown = shown_output("privmem run --trace small.jsonl --backend host --policy lazy")[0]
-    timing = re.compile(r"\d+\.\d+ s")
-    assert timing.sub("T", printed) == timing.sub("T", shown)
+    shown = shown_output("privmem run --trace small.jsonl --backend host --policy lazy")
+    measured = re.compile(r"^(time|VMM peak RSS): +.*$", re.MULTILINE)     # vary run to run
+    assert measured.sub(r"\1", printed) == measured.sub(r"\1", "\n".join(shown))
     assert os.path.exists(out)

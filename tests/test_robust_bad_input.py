@@ -491,7 +491,7 @@ CLI_CASES = {
     "vcpus 0": (["run", "--backend", "host", "--vcpus", "0"], 2, r"vcpus=0: must be at least 1"),
     "vcpus not a number": (["bench", "--vcpus", "two"], 2, r"vcpus='two': not an integer"),
     "missing trace file": (["run", "--backend", "host", "--trace", "/nonexistent/t.jsonl"], 2,
-                           r"No such file or directory: '/nonexistent/t\.jsonl'"),
+                           r"trace='/nonexistent/t\.jsonl': no such file"),
     "memory too small for the workload": (["run", "--backend", "host", "--workload", "random", "--memory", "2M"], 2,
                                           r"privmem: memory=0x200000: too small for workload 'random'"),
 }

@@ -114,6 +114,29 @@ def check_writable(field: str, path: str) -> None:
         raise InvalidArgument(field, path, f"directory {str(parent)!r} does not exist", hex_value=False)
     if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise InvalidArgument(field, path, "not writable", hex_value=False)
+    # access(2) says yes to root everywhere, and knows nothing of read-only mounts or
+    # pseudo-filesystems: make the temporary file the write will make, and remove it.
+    probe = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        raise InvalidArgument(field, path, f"cannot be written here ({error.strerror})", hex_value=False) from None
+    os.close(fd)
+    probe.unlink()
+
+
+def check_readable(field: str, path: str) -> None:
+    """Raise InvalidArgument unless ``path`` is a file that can be opened for reading."""
+    target = Path(path)
+    if not target.exists():
+        raise InvalidArgument(field, path, "no such file", hex_value=False)
+    if target.is_dir():
+        raise InvalidArgument(field, path, "is a directory", hex_value=False)
+    try:
+        with open(target, "rb"):
+            pass
+    except OSError as error:
+        raise InvalidArgument(field, path, f"cannot be read ({error.strerror})", hex_value=False) from None
 
 
 def write_outputs(*outputs) -> None:

@@ -20,7 +20,6 @@ be 0).  ``format_soak(result)`` renders it for the command line.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 
@@ -34,6 +33,7 @@ from .ops import Op
 OWN_PAGES = 256                 # 1 MiB per vCPU
 COMMON_BYTES = 2 * MiB
 CHUNK_OPS = 150                 # ops per vCPU per run_ops call
+MAX_SECONDS = 24 * 3600.0      # a day: past it, a soak is a service, not a test
 MAX_RUN = 8                     # pages per data op (guest data ops are emulated: keep them short)
 TIMEOUT = 120.0
 
@@ -106,8 +106,9 @@ class _Window:
 
 
 def _check_args(seconds, vcpus, memory, seed) -> tuple[float, int, int]:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
-        raise InvalidArgument("seconds", seconds, "must be a finite number > 0", hex_value=False)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= MAX_SECONDS:
+        raise InvalidArgument("seconds", seconds, f"must be a number > 0 and at most {MAX_SECONDS:g}",
+                              hex_value=False)
     if isinstance(vcpus, bool) or not isinstance(vcpus, int) or not 1 <= vcpus <= MAX_VCPUS:
         raise InvalidArgument("vcpus", vcpus, f"must be in 1..{MAX_VCPUS}", hex_value=False)
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -124,9 +125,11 @@ def _layout(machine, memory: int, vcpus: int) -> tuple[list[int], int]:
 
 
 def run_soak(seconds: float, vcpus: int = 2, memory: int | str = "64M", policy: str | None = None,
-             backend: str | None = None, seed: int = 0, data_check: str = "full", backing: str = "two-file") -> dict:
+             backend: str | None = None, seed: int = 0, data_check: str = "full", backing: str = "two-file",
+             progress=None) -> dict:
     """Soak one machine for ``seconds``; see the module docstring.  Raises InvalidArgument
     naming the bad argument (seconds, vcpus, memory, policy, backend, seed, data_check).
+    ``progress(elapsed_s, totals)`` after each chunk (``totals``: the counts so far).
 
     ``data_check``: on a machine that samples the guest's WRITE/VERIFY (the KVM machine, see
     vmm/machine.py) "full" makes them byte-exact (slower: emulated) and "sampled" keeps the
@@ -139,8 +142,8 @@ def run_soak(seconds: float, vcpus: int = 2, memory: int | str = "64M", policy: 
     backend = backend or default_backend()
     need = -(-(vcpus * OWN_PAGES * PAGE_SIZE) // (2 * MiB)) * 2 * MiB + COMMON_BYTES
     if memory < need:
-        raise InvalidArgument("memory", memory, f"too small for a soak with {vcpus} vCPU(s): needs at least "
-                              f"{need:#x} ({need // MiB} MiB)")
+        raise InvalidArgument("memory", memory, f"{format_size(memory)} is too small for a soak with {vcpus} "
+                              f"vCPU(s): it needs at least {format_size(need)}")
     totals = dict.fromkeys(("ops", "conversions", "pages_converted", "psc_retries", "psc_errors", "data_errors",
                             "dma_errors", "exits"), 0)
 
@@ -168,6 +171,8 @@ def run_soak(seconds: float, vcpus: int = 2, memory: int | str = "64M", policy: 
             run_time += result.wall_time
             add(result)
             chunks += 1
+            if progress is not None:
+                progress(time.perf_counter() - start, dict(totals))
         finals = [op for w in windows for op in w.final_private_checks()]
         if finals:
             add(machine.run_ops(finals, timeout=TIMEOUT))
@@ -208,7 +213,7 @@ def soak_document(result: dict, seconds: float, argv: list[str] | None = None) -
     seconds it took), then ``run_soak``'s keys."""
     from .results import document, requested
 
-    settings = requested(policies=[result["policy"]], backend=result["backend"], layout="flat",
+    settings = requested(policies=[result["policy"]], backend=result["backend"], backing=result["backing"], layout="flat",
                          memory=result["memory"], vcpus=result["vcpus"], seed=result["seed"], seconds=seconds,
                          data_check=result["data_check"])
     return document("soak", settings, result, argv)

@@ -27,6 +27,7 @@ from . import rounds
 
 DEFAULT_WORKLOADS = ("boot", "ovmf-dma")
 DEFAULT_POLICIES = tuple(POLICIES)
+MAX_REPEAT = 100
 
 
 @dataclass
@@ -128,7 +129,7 @@ def variants(config: BenchConfig, backend: str, workload: str) -> list[tuple[str
 
 def planned_runs(config: BenchConfig, backend: str) -> int:
     per_round = sum(len(variants(config, backend, workload)) for workload in config.workloads)
-    return config.repeat * per_round + (2 if backend == "kvm" else 0)
+    return config.repeat * per_round + (1 if backend == "kvm" else 0)
 
 
 def conversion_cost(memory: int, count: int, layout: str = "flat") -> dict:
@@ -164,7 +165,6 @@ def run(config: BenchConfig, progress=None) -> BenchReport:
         if backend == "kvm":
             report.conversion_cost = conversion_cost(config.memory, config.roundtrips, config.layout)
             tick("exit and conversion round trips")
-            tick("")
         for round_index in range(config.repeat):
             for workload, program in programs.items():
                 for policy, tracking, backing in rounds.rotated(variants(config, backend, workload), round_index):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..results import HOST_KEYS
 from ..units import format_size
-from .report import label, row_key
+from .report import blocks_by_workload, label, row_key, short_label
 
 # The settings two results must share to describe the same guest and experiment.
 SAME_GUEST_KEYS = ("backend", "backing", "layout", "memory", "vcpus", "scale", "seed")
@@ -129,20 +129,42 @@ def cells(row: RowComparison) -> list[str]:
             figure(row.b, "peak_double_alloc_measured_bytes", format_size), _ratio(row.double_alloc_ratio)]
 
 
-def table(comparison: Comparison):
+# The columns the compact table keeps (it fits 80 columns: one block per workload).
+COMPACT = ("policy", "time A", "time B", "time B/A", "noise", "verdict", "alloc B/A")
+
+
+def table(comparison: Comparison, wide: bool = False):
+    """Every column in one table with ``wide``; else a block per workload in 80 columns."""
+    from rich import box
+    from rich.console import Group
     from rich.markup import escape
     from rich.table import Table
 
-    out = Table(title=escape(f"privmem compare: A = {comparison.a_path}, B = {comparison.b_path}"))
-    for header, right in COLUMNS:
-        out.add_column(header, justify="right" if right else "left")
-    workload = None
-    for row in comparison.rows:
-        if workload is not None and row.key[0] != workload:
-            out.add_section()
-        workload = row.key[0]
-        out.add_row(*(escape(cell) for cell in cells(row)))
-    return out
+    heading = escape(f"privmem compare: A = {comparison.a_path}, B = {comparison.b_path}")
+    if wide:
+        out = Table(title=heading)
+        for header, right in COLUMNS:
+            out.add_column(header, justify="right" if right else "left")
+        for index, block in enumerate(blocks_by_workload(comparison.rows, key=lambda row: row.key[0])):
+            if index:
+                out.add_section()
+            for row in block:
+                out.add_row(*(escape(cell) for cell in cells(row)))
+        return out
+    headers = [header for header, _ in COLUMNS]
+    shown = [headers.index(name) for name in COMPACT]
+    tables = []
+    for block in blocks_by_workload(comparison.rows, key=lambda row: row.key[0]):
+        out = Table(title=escape(f"\n{block[0].key[0]}"), title_justify="left", box=box.SIMPLE_HEAD,
+                    pad_edge=False, show_edge=False, collapse_padding=True)
+        for index in shown:
+            out.add_column(COLUMNS[index][0], justify="right" if COLUMNS[index][1] else "left")
+        for row in block:
+            row_cells = cells(row)
+            row_cells[1] = short_label(row.a or row.b)
+            out.add_row(*(escape(row_cells[index]) for index in shown))
+        tables.append(out)
+    return Group(heading, *tables, "", "alloc B/A: the kernel's peak double allocation, B over A; --wide: every column")
 
 
 def summary(comparison: Comparison) -> str:

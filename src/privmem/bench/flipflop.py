@@ -19,6 +19,7 @@ from ..units import MiB, PAGE_SIZE
 
 MEMORY = 64 * MiB
 PAGE_GPA = 8 * MiB
+MAX_FLIPS = 1_000_000       # round trips: about 30 s under eager
 
 
 @dataclass

@@ -21,11 +21,15 @@ from ..units import MiB, format_size
 from .boot import ROW_KEYS, describe
 
 FORMATS = ("table", "markdown", "csv", "json")
-# The table's columns: (header, right-justified?).
-COLUMNS = (("workload", False), ("policy", False), ("time", True), ("vs never", True), ("spread", True),
-           ("conversions", True), ("discards", True), ("peak held (books)", True),
-           ("peak double alloc (kernel)", True), ("budget", True), ("peak host memory", True),
-           ("data errors", True))
+# The columns: (header, header in the compact table or None where only --wide shows it,
+# right-justified?).  The compact table fits 80 columns: one block per workload, so the
+# workload is its title, and conversions (the same for every row of a trace) go there too.
+COLUMNS_SHOWN = (("workload", None, False), ("policy", "policy", False), ("time", "time", True),
+                 ("vs never", "vs\nnever", True), ("spread", "spread", True), ("conversions", None, True),
+                 ("discards", "discards", True), ("peak held (books)", "held\n(books)", True),
+                 ("peak double alloc (kernel)", "double\n(kernel)", True), ("budget", None, True),
+                 ("peak host memory", None, True), ("data errors", "errors", True))
+COLUMNS = tuple((header, right) for header, _, right in COLUMNS_SHOWN)
 # Row keys every cell needs; the others may be None (shown as "-").
 NEEDED_ROW_KEYS = ("wall_s", "conversions", "discards", "peak_double_alloc_bytes",
                    "peak_double_alloc_measured_bytes", "peak_host_bytes", "data_errors", "dma_errors")
@@ -116,7 +120,7 @@ def _number(field: str, value, path: str) -> None:
 def title(doc: dict) -> str:
     settings = doc["requested"]
     return (f"privmem bench: {format_size(settings['memory'])} guest, {settings['vcpus']} vCPU, "
-            f"{settings['backend']} backend, best of {settings['repeat']} interleaved rounds")
+            f"{settings['backend']}, best of {settings['repeat']} interleaved rounds")
 
 
 def backing_of(row: dict) -> str:
@@ -161,18 +165,63 @@ def grouped(doc: dict) -> list[list[dict]]:
     return list(groups.values())
 
 
-def table(doc: dict):
-    """The rich table ``privmem bench`` prints."""
+def short_label(row: dict) -> str:
+    """A row's name in the compact table: contrasts by their design alone (both run under
+    never, which the table's note says)."""
+    if is_policy_row(row):
+        return row["policy"]
+    return "memslots" if row["tracking"] == "memslots" else backing_of(row)
+
+
+def table(doc: dict, wide: bool = False):
+    """The rich table ``privmem bench`` prints: every column in one table with ``wide``,
+    else one compact block per workload that fits 80 columns."""
+    from rich import box
+    from rich.console import Group
     from rich.markup import escape
     from rich.table import Table
 
-    out = Table(title=escape(title(doc)))
-    for header, right in COLUMNS:
-        out.add_column(header, justify="right" if right else "left")
+    if wide:
+        out = Table(title=escape(title(doc)))
+        for header, right in COLUMNS:
+            out.add_column(header, justify="right" if right else "left")
+        for group in grouped(doc):
+            for row in group:
+                out.add_row(*(escape(cell) for cell in cells(row)))
+            out.add_section()
+        return out
+    shown = [index for index, (_, compact, _) in enumerate(COLUMNS_SHOWN) if compact]
+    blocks = []
     for group in grouped(doc):
+        first = group[0]
+        block = Table(title=escape(f"\n{first['workload']}: {first['conversions']:,} conversions"),
+                      title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                      collapse_padding=True)
+        for index in shown:
+            _, compact, right = COLUMNS_SHOWN[index]
+            block.add_column(compact, justify="right" if right else "left")
         for row in group:
-            out.add_row(*(escape(cell) for cell in cells(row)))
-        out.add_section()
+            row_cells = cells(row)
+            row_cells[1] = short_label(row)
+            block.add_row(*(escape(row_cells[index]) for index in shown))
+        blocks.append(block)
+    notes = [escape(title(doc)), ""]
+    meanings = {"memslots": "never + memslot splitting", "in-place": "never + one guest_memfd for both views"}
+    present = dict.fromkeys(short_label(row) for row in doc["summary"] if not is_policy_row(row))
+    if present:
+        notes.append("; ".join(f"{name} = {meanings.get(name, 'never')}" for name in present))
+    notes.append("held (books): memory the engine holds undiscarded (its own count)\n"
+                 "double (kernel): double allocation the kernel measured; --wide: every column")
+    return Group(notes[0], *blocks, *notes[1:])
+
+
+def blocks_by_workload(rows, key=lambda row: row["workload"]) -> list[list]:
+    """``rows`` cut into runs of the same workload, in order."""
+    out: list[list] = []
+    for row in rows:
+        if not out or key(out[-1][0]) != key(row):
+            out.append([])
+        out[-1].append(row)
     return out
 
 
@@ -196,10 +245,10 @@ def csv_text(doc: dict) -> str:
     return out.getvalue()
 
 
-def render(doc: dict, fmt: str):
+def render(doc: dict, fmt: str, wide: bool = False):
     """The document in ``fmt`` (one of ``FORMATS``): a rich table, or text."""
     if fmt == "table":
-        return table(doc)
+        return table(doc, wide)
     if fmt == "markdown":
         return markdown(doc)
     if fmt == "csv":
@@ -210,40 +259,35 @@ def render(doc: dict, fmt: str):
 
 
 def headline(doc: dict) -> list[str]:
-    """The figures printed under the table."""
+    """The figures printed under the table, a line each (under 80 columns for usual names)."""
     lines = []
     for group in grouped(doc):
         workload = group[0]["workload"]
         shown = ", ".join(f"{row['policy']} {row['ratio_to_never']:.3f}x" for row in group
-                          if is_policy_row(row) and row["ratio_to_never"] is not None)
-        lines.append(f"{workload}: time vs never: {shown}")
-        for row in group:
-            if is_policy_row(row) or not row["ratio_to_never"]:
-                continue
-            if row["tracking"] != "store":
-                lines.append(f"{workload}: memslot-splitting tracking takes {row['ratio_to_never']:.2f}x the "
-                             f"store's time (both under {row['policy']})")
-            else:
-                lines.append(f"{workload}: {backing_of(row)} conversion takes {row['ratio_to_never']:.2f}x the "
-                             f"two-file design's time (both under {row['policy']})")
+                          if is_policy_row(row) and row["policy"] != "never" and row["ratio_to_never"] is not None)
+        lines.append(f"{workload} vs never: {shown or '- (no never row to divide by)'}")
+        contrasts = [f"{short_label(row)} {row['ratio_to_never']:.2f}x" for row in group
+                     if not is_policy_row(row) and row["ratio_to_never"]]
+        if contrasts:
+            lines.append(f"{workload} designs vs the two-file store (all under never): {', '.join(contrasts)}")
     cost = doc.get("conversion_cost")
     if cost:
-        lines.append(f"under never: VMM time per conversion {cost['vmm_us_per_conversion']:.1f} µs = "
-                     f"{cost['ratio']:.2f}x a bare port-I/O exit round trip ({cost['exit_roundtrip_us']:.1f} µs); "
-                     f"guest-to-guest conversion round trip {cost['conversion_roundtrip_us']:.1f} µs = "
-                     f"{1e6 / cost['conversion_roundtrip_us']:,.0f} conversions/s ({cost['conversions']:,} measured)")
+        lines.append(f"under never: VMM {cost['vmm_us_per_conversion']:.1f} µs per conversion = "
+                     f"{cost['ratio']:.2f}x a bare exit round trip ({cost['exit_roundtrip_us']:.1f} µs)")
+        lines.append(f"conversion round trip, guest to guest: {cost['conversion_roundtrip_us']:.1f} µs = "
+                     f"{1e6 / cost['conversion_roundtrip_us']:,.0f}/s ({cost['conversions']:,} measured)")
     errors = sum((run.get("data_errors") or 0) + (run.get("dma_errors") or 0) for run in doc["runs"])
     lines.append(f"data errors across all runs: {errors}")
     return lines
 
 
-def print_result(console, doc: dict, fmt: str = "table") -> None:
+def print_result(console, doc: dict, fmt: str = "table", wide: bool = False) -> None:
     """What ``privmem bench`` and ``privmem report`` print: the table and its headline, or
     the document in another format (text formats are printed as they are, never wrapped)."""
     if fmt == "table":
-        console.print(table(doc))
+        console.print(table(doc, wide))
         for line in headline(doc):
-            console.print(line)
+            console.print(line, soft_wrap=True)     # lines of text: the terminal wraps them, a pipe keeps them
     else:
         print(render(doc, fmt), file=console.file)
 

@@ -64,6 +64,9 @@ BOOT_COHERENT_ALLOCATIONS = 128
 BOOT_SWIOTLB_MAPPINGS = 2048
 
 DEFAULT_WORKLOAD = "boot"
+# Work grows linearly with scale (boot: about 37k ops per unit, ~280 B each in memory), so
+# the bound keeps a generated trace near 1.2M ops, a few hundred MB, before any is built.
+MAX_SCALE = 32.0
 WORKLOADS = {
     "boot": "composite boot (the default): firmware phase = ovmf-dma on vCPU 0, then kernel phase = "
             "swiotlb pool setup + lazy acceptance of the upper half + dma_alloc_coherent + streaming DMA",
@@ -590,8 +593,8 @@ def generate(name: str = DEFAULT_WORKLOAD, memory: int = 1 * GiB, vcpus: int = 1
     check_vcpus(vcpus)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InvalidArgument("seed", seed, "must be an integer", hex_value=False)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
-        raise InvalidArgument("scale", scale, "must be a finite number > 0", hex_value=False)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= MAX_SCALE:
+        raise InvalidArgument("scale", scale, f"must be a number > 0 and at most {MAX_SCALE:g}", hex_value=False)
     if isinstance(reserved, bool) or not isinstance(reserved, int) or reserved < 0 \
             or not is_page_aligned(reserved):
         raise InvalidArgument("reserved", reserved, "must be a page-aligned integer >= 0")

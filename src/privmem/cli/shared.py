@@ -1,0 +1,87 @@
+"""Options several commands share (the guest, the backend, policies) and the checks made
+before any work starts."""
+
+from __future__ import annotations
+
+from . import arguments as a
+
+
+def guest_limits() -> tuple[int, int]:
+    """(most RAM, most vCPUs) a machine takes."""
+    from ..vmm.machine import MAX_MEMORY, MAX_VCPUS
+
+    return MAX_MEMORY, MAX_VCPUS
+
+
+def add_backend(parser) -> None:
+    from ..runner import BACKENDS
+
+    parser.add_argument("--backend", type=a.choice("backend", BACKENDS), metavar=a.braces(BACKENDS),
+                        help="kvm: a real VM on /dev/kvm; host: Python threads and no guest (default: kvm "
+                             "where /dev/kvm opens, else host, said on stderr)")
+
+
+def add_guest(parser, memory_default: str, backend: bool = True, trace_note: str = "",
+              max_vcpus: int | None = None) -> None:
+    """--memory, --vcpus, --layout, --scale, --seed (and --backend): left None when not given,
+    so a command can tell a value given from a default."""
+    from ..memmap import LAYOUTS
+    from ..workload import MAX_SCALE
+
+    max_memory, machine_vcpus = guest_limits()
+    vcpus = max_vcpus or machine_vcpus
+    parser.add_argument("--memory", type=a.size("memory", maximum=max_memory), metavar=a.SIZE,
+                        help=f"guest RAM: 3G, 512M, 64KiB... up to 4T (default: {memory_default}){trace_note}")
+    parser.add_argument("--vcpus", type=a.count("vcpus", maximum=vcpus), metavar=a.COUNT,
+                        help=f"vCPUs, 1 to {vcpus} (default: 1){trace_note}")
+    parser.add_argument("--layout", type=a.choice("layout", LAYOUTS), metavar=a.braces(LAYOUTS),
+                        help=f"guest-physical layout (default: flat){trace_note}")
+    parser.add_argument("--scale", type=a.number("scale", maximum=MAX_SCALE), metavar="X",
+                        help=f"multiplies the workload's work, up to {MAX_SCALE:g} (default: 1){trace_note}")
+    parser.add_argument("--seed", type=a.seed(), metavar=a.COUNT,
+                        help=f"the workload's random seed: same seed, same trace (default: 0){trace_note}")
+    if backend:
+        add_backend(parser)
+
+
+def policy_spec(field: str = "policy"):
+    """One policy, by name or spec (``lazy:budget=8M,max_age=20ms``)."""
+    from ..convert import POLICIES
+
+    return a.choice(field, POLICIES)
+
+
+def policy_names(field: str = "policies"):
+    """A comma list of policies."""
+    from ..convert import POLICIES
+
+    return a.choices(field, POLICIES)
+
+
+def check_inputs(args, *fields: str) -> None:
+    """Fail before any work on an input file that is missing or unreadable."""
+    from ..results import check_readable
+
+    for field in fields:
+        if getattr(args, field, None) is not None:
+            check_readable(field.replace("_", "-"), getattr(args, field))
+
+
+def given_value(args, name: str) -> str:
+    """An option's value as the user would read it back (sizes in binary units)."""
+    from ..units import format_size
+
+    value = getattr(args, name)
+    return format_size(value) if name == "memory" else str(value)
+
+
+def check_outputs(args, *fields: str) -> None:
+    """Fail before a long run, not after it, on an output path that cannot be written."""
+    from ..results import check_writable
+
+    for field in fields:
+        if getattr(args, field, None) is not None:
+            check_writable(field.replace("_", "-"), getattr(args, field))
+
+
+__all__ = ["add_backend", "add_guest", "check_inputs", "check_outputs", "given_value", "guest_limits", "policy_names", "policy_spec"]
