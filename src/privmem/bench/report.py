@@ -301,18 +301,17 @@ def best_run(doc: dict, row: dict) -> dict | None:
     return min(runs, key=lambda run: run.get("wall_s", float("inf"))) if runs else None
 
 
-def plot(doc: dict, path: str) -> None:
-    """Two panels: time per policy (ratio to never) per workload; the first workload's held
-    memory over time (the books, as steps; the kernel's samples, as dots)."""
-    import matplotlib
+def plot_title(doc: dict) -> str:
+    """The settings a figure stands for, so it can be read away from its JSON."""
+    host = doc.get("host") or {}
+    facts = ", ".join(str(value) for value in (host.get("kernel"), host.get("kvm_module"), host.get("cpu_model"))
+                      if value) or "host not recorded"
+    return f"{title(doc)}\nhost: {facts}; privmem {doc.get('privmem_version') or '?'}"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
-    groups = grouped(doc)
-    # One bar per row label (the policies, then the contrasts: memslot splitting, in-place),
-    # each up to its best round, its whisker up to its slowest round.
+def _ratio_panel(axes, doc: dict, groups: list[list[dict]]) -> None:
+    """One bar per row label (the policies, then the contrasts: memslot splitting, in-place)
+    per workload, up to its best round; its whisker up to its slowest round."""
     categories = list(doc["requested"]["policies"])
     categories += [name for name in dict.fromkeys(label(row) for row in doc["summary"]) if name not in categories]
     width = 0.8 / max(len(groups), 1)
@@ -320,36 +319,59 @@ def plot(doc: dict, path: str) -> None:
         by_label = {label(row): row for row in group}
         ratios = [(by_label.get(name) or {}).get("ratio_to_never") or 0 for name in categories]
         slowest = [ratio * ((by_label.get(name) or {}).get("spread") or 0) for name, ratio in zip(categories, ratios)]
-        left.bar([k + index * width for k in range(len(categories))], ratios, width, label=group[0]["workload"],
+        axes.bar([k + index * width for k in range(len(categories))], ratios, width, label=group[0]["workload"],
                  yerr=[[0] * len(ratios), slowest], capsize=2, error_kw={"linewidth": 0.8})
-    left.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-    left.set_xticks([k + width * (len(groups) - 1) / 2 for k in range(len(categories))],
+    axes.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    axes.set_xticks([k + width * (len(groups) - 1) / 2 for k in range(len(categories))],
                     [name.replace(", ", "\n") for name in categories], fontsize=8)
-    left.set_ylabel("time / time under never (whisker: slowest round)")
-    left.set_title("Guest run time per discard policy and design")
-    left.legend()
+    axes.set_ylabel("time / time under never\n(bar: best round; whisker: slowest)")
+    axes.set_title("Guest run time per discard policy and design (no bar: no never row, or not run)", fontsize=10)
+    axes.legend(fontsize=8)
+
+
+def _timeline_panel(axes, doc: dict, group: list[dict]) -> None:
+    """One workload's best rounds over time, per policy: the kernel's measured double
+    allocation (solid, with its samples) and the engine's books (dotted steps)."""
     highest = 1.0
-    for row in groups[0] if groups else []:
+    for row in group:
         run = best_run(doc, row)
         if not is_policy_row(row) or not run or not run.get("timeline"):
             continue
         points = run["timeline"]
-        books = [point["held_books_bytes"] / MiB for point in points]
-        highest = max(highest, *books)
-        (line,) = right.step([point["t_s"] for point in points], books, where="post", label=row["policy"])
         kernel = [(point["t_s"], point["double_alloc_kernel_bytes"] / MiB) for point in points
                   if point["double_alloc_kernel_bytes"] is not None]
-        if kernel:
-            right.plot(*zip(*kernel), linestyle="none", marker=".", color=line.get_color())
-    budget = next((row["budget_bytes"] for row in doc["summary"] if row["budget_bytes"]), None)
+        books = [point["held_books_bytes"] / MiB for point in points]
+        highest = max(highest, *books, *(value for _, value in kernel))
+        (line,) = axes.plot(*zip(*kernel), marker="o", markersize=3, label=f"{row['policy']} (kernel)") \
+            if kernel else axes.plot([], [], label=row["policy"])
+        axes.step([point["t_s"] for point in points], books, where="post", linestyle=":", linewidth=1,
+                  color=line.get_color(), label=f"{row['policy']} (books)")
+    budget = next((row["budget_bytes"] for row in group if row.get("budget_bytes")), None)
     if budget:
-        right.axhline(budget / MiB, color="red", linewidth=0.8, linestyle=":", label="lazy budget")
-    right.set_xlabel("seconds")
-    right.set_ylabel("double-allocated MiB (steps: books; dots: kernel)")
-    right.set_title(f"Double allocation over time ({groups[0][0]['workload'] if groups else '-'})")
-    right.set_yscale("symlog", linthresh=1)
-    right.set_ylim(0, highest * 2)
-    right.legend(fontsize=8)
+        axes.axhline(budget / MiB, color="red", linewidth=0.8, linestyle="--", label="lazy/adaptive budget")
+    axes.set_xlabel("seconds into the run")
+    axes.set_ylabel("MiB (solid: double allocation\nthe kernel measured; dotted: books)")
+    axes.set_title(f"{group[0]['workload']}: double allocation over time", fontsize=10)
+    axes.set_yscale("symlog", linthresh=1)
+    axes.set_ylim(0, highest * 2)
+    axes.legend(fontsize=6, ncol=2)
+
+
+def plot(doc: dict, path: str) -> None:
+    """The ratio panel across the top; under it, one timeline panel per workload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = grouped(doc)
+    columns = max(len(groups), 1)
+    fig = plt.figure(figsize=(max(10.0, 5.5 * columns), 9.5))
+    grid = fig.add_gridspec(2, columns)
+    _ratio_panel(fig.add_subplot(grid[0, :]), doc, groups)
+    for index, group in enumerate(groups):
+        _timeline_panel(fig.add_subplot(grid[1, index]), doc, group)
+    fig.suptitle(plot_title(doc), fontsize=10)
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=110, format="png")   # the path may be a temporary name without .png
