@@ -168,7 +168,7 @@ def run_program(program: Program, name: str, policy: str = "never", backend: str
             peak_double_alloc_bytes=stats.peak_double_allocated_bytes, peak_host_bytes=sampler.peak_host_bytes,
             data_errors=result.data_errors, tracking=tracking, dma_errors=result.dma_errors,
             psc_retries=result.psc_retries, psc_errors=result.psc_errors, reclaimed_bytes=stats.reclaimed_bytes,
-            budget_bytes=getattr(machine.engine.policy, "budget", None),
+            budget_bytes=getattr(machine.engine.policy, "budget_bytes", None),
             peak_double_alloc_measured_bytes=sampler.peak_double_measured, layout=memory_map.name,
             regions=memory_map.as_json(), ops=program.ops, timing=program.timing,
             peak_rss_bytes=peak_rss_bytes(), timeline=sampler.timeline)

@@ -28,11 +28,11 @@ class HeldMemory:
 
     The books are the attribute store's representation (``MemoryAttributes`` over words), so
     they stay bounded whatever the guest does: per chunk, coalesced runs or one bit plane per
-    bit the held values use there.  Without ages (``never``, ``eager``, ``keep-shared``) the
-    values are the two sides, so a chunk costs at most about two bitmaps of it; with ages
-    every hold's tag adds bits, up to ``2 + tags.bit_length()`` planes, and each hold also
-    costs its fifo entry and ``_live`` count (the draining policies' budget bounds how many
-    are held at once).
+    bit the held values use there.  Without ages (a policy whose ``ages`` is False, such as
+    ``never``, ``eager``, ``keep-shared``) the values are the two sides, so a chunk costs at
+    most about two bitmaps of it; with ages every hold's tag adds bits, up to
+    ``2 + tags.bit_length()`` planes, and each hold also costs its fifo entry and ``_live``
+    count (the aging policies' budget bounds how many are held at once).
 
     Complexity: ``hold``, ``release`` and ``reclaim`` O(log n + k) for k held runs in the range
     (plus the store's O(range / 8) in dense chunks); ``take_oldest`` that per entry taken;

@@ -1,0 +1,72 @@
+"""lazy: hold everything, drain the oldest in coalesced batches past a budget or an age."""
+
+from __future__ import annotations
+
+from ...units import MiB, PAGE_SIZE
+from ..catalogue import policy
+from ..protocol import BUDGET_BOUNDED, HOLD, Policy
+from ..spec import SIZE, TIME, Param, ShareOfMemory
+
+DEFAULT_MAX_AGE = 0.050
+BUDGET = Param("budget", SIZE, ShareOfMemory(1, at_least=PAGE_SIZE),
+               "held bytes above which the oldest holds are discarded, at every conversion")
+BATCH = Param("batch", SIZE, 0, "bytes a drain takes: at most for an age drain, at least for a budget drain "
+              "(0: a quarter of the budget, at least 2M)", positive=False)
+
+
+def default_batch(budget: int) -> int:
+    return max(budget // 4, 2 * MiB)
+
+
+def drain_over_budget(held, budget: int, batch: int) -> list[tuple[int, int, int]]:
+    """The oldest holds until the books are back under ``budget``, at least ``batch`` bytes
+    (so a guest hovering at the budget does not pay a discard per conversion); nothing when
+    they are within it."""
+    if held.total > budget:
+        return held.take_oldest(max(batch, held.total - budget))
+    return []
+
+
+@policy("lazy", "queue converted-away memory; drain coalesced batches past a byte budget or an age")
+class LazyPolicy(Policy):
+    """Hold everything; a page converted back before its discard costs nothing.  Drain the
+    oldest held memory in coalesced batches once held bytes exceed ``budget`` or the
+    oldest entry is older than ``max_age`` seconds.  One batch per call, so the vCPU whose
+    conversion triggers a drain waits for one batch only: an age drain takes up to
+    ``batch`` bytes of holds older than ``max_age``; a budget drain takes the oldest holds
+    until the books are back under budget (at least ``batch`` bytes), so the budget holds at
+    every conversion boundary.  Between conversions a ``Drainer`` thread ticks the engine
+    every half ``max_age``, so aged memory goes even when the guest stops converting."""
+
+    params = (BUDGET, Param("max_age", TIME, DEFAULT_MAX_AGE, "holds older than this are discarded"), BATCH)
+    queues = ages = True
+    model_property = BUDGET_BOUNDED
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        self.batch = self.batch or default_batch(self.budget)
+
+    @property
+    def tick_interval(self) -> float:
+        return self.max_age / 2
+
+    @property
+    def budget_bytes(self) -> int:
+        return self.budget
+
+    def holds(self, side):
+        return True
+
+    def left_behind(self, side, gpa, size):
+        return [(gpa, size, HOLD)]
+
+    def drain(self, held, now, force=False):
+        if force:
+            return held.take_all()
+        over = drain_over_budget(held, self.budget, self.batch)
+        if over:
+            return over
+        oldest = held.oldest_time(before=now - self.max_age)
+        if oldest is not None and now - oldest > self.max_age:
+            return held.take_oldest(self.batch, older_than=now - self.max_age)
+        return []
