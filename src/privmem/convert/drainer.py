@@ -12,11 +12,11 @@ class Drainer:
     """A thread calling ``engine.tick()`` every ``interval`` seconds (``for_engine``: the
     policy's ``tick_interval``), so held memory is discarded on time even when the guest stops
     converting.  Only policies whose drain depends on time need one; ``for_engine`` returns a
-    do-nothing context for the rest (``tick_interval`` None).  A context manager: the thread stops and is joined on exit.  A tick that
-    raises stops the drainer and never goes unseen: ``on_error(error)`` is called at once
-    (a machine stops its run with it), and the error is re-raised from ``__exit__`` (the
-    engine already keeps failed discards held and retries them, so this is a bug, not an
-    I/O error)."""
+    do-nothing context for the rest (``tick_interval`` None).  A context manager: the thread
+    stops and is joined on exit.  A tick that raises stops the drainer and never goes unseen:
+    ``on_error(error)`` is called at once (a machine stops its run with it), and the error is
+    re-raised from ``__exit__`` (the engine already keeps failed discards held and retries
+    them, so this is a bug, not an I/O error)."""
 
     def __init__(self, engine, interval: float, on_error=None):
         self.engine, self.interval, self.on_error = engine, interval, on_error
