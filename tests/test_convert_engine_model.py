@@ -48,7 +48,7 @@ def machine_for(policy_name):
             self.shared = SharedBacking.create(MEMORY)
             self.private = PrivateBacking.standin(MEMORY)
             self.clock = Clock()
-            policy = policy_with(policy_name, MEMORY, budget=BUDGET)
+            policy = policy_with(policy_name, MEMORY, **{"budget": BUDGET, **POLICIES[policy_name].model_params})
             self.engine = ConversionEngine(ConversionTracker(MemoryAttributes()), policy,
                                            self.shared, self.private, clock=self.clock)
             self.twin = make_policy(policy.spec, MEMORY)

@@ -106,6 +106,7 @@ def test_every_policy_keeps_the_protocol(name):
         assert made.budget_bytes is not None, "a budget-bounded policy reports its budget"
     for param in cls.params:
         assert param.help and param.name in made.spec
+    assert set(cls.model_params) <= {param.name for param in cls.params}
     for side in (HELD_SHARED, HELD_PRIVATE):
         pieces = make_policy(name, 64 * MiB).left_behind(side, 16 * PAGE, 8 * PAGE)
         cursor = 16 * PAGE

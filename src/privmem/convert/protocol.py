@@ -49,7 +49,9 @@ class Policy:
       conversions).
     - ``budget_bytes``: None, or the bound this policy keeps held memory under (reported with
       each run; the model test holds ``budget-bounded`` policies to it).
-    - ``model_property``: what the model test holds the policy to (``MODEL_PROPERTIES``).
+    - ``model_property``: what the model test holds the policy to (``MODEL_PROPERTIES``);
+      ``model_params``: parameter values for its tiny guest (64 pages, 25 steps a run) where
+      the defaults would never act (a budget it sets for every policy that has one).
 
     **Calls** (all under the engine lock, so never two at once and never concurrent with
     the books changing; ranges are page aligned, non-empty and validated guest RAM; ``side``
@@ -71,6 +73,7 @@ class Policy:
     tick_interval: float | None = None
     budget_bytes: int | None = None
     model_property: ClassVar[str] = EXACT_BOOKS
+    model_params: ClassVar[dict[str, object]] = {}
 
     def __init__(self, **values: object):
         """Set every parameter from ``values`` (spec text or Python values) or its default;
