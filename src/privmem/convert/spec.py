@@ -34,8 +34,8 @@ PARAM_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 class Kind:
     """How values of one kind are read (``parse``: text -> value, ValueError if it is not
     one) and written back (``format``: the canonical text, which ``parse`` reads back to the
-    same value).  ``types``: Python values accepted as they are; ``limit``: values must be
-    below it (None: no limit)."""
+    same value).  ``types``: Python values accepted as they are; ``limit``: a power of two
+    values must be below (None: no limit)."""
 
     name: str
     example: str
@@ -84,14 +84,14 @@ def _parse_int(text: str) -> int:
     try:
         return int(text.strip(), 10)
     except ValueError:
-        raise ValueError("not an integer") from None
+        raise ValueError("not an integer (e.g. 64)") from None
 
 
 def _parse_float(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError("not a number") from None
+        raise ValueError("not a number (e.g. 0.5)") from None
 
 
 SIZE = Kind("size", "8M", _parse_size, _format_size, (int,), limit=ADDRESS_LIMIT)
@@ -138,8 +138,7 @@ class Param:
             try:
                 value = self.kind.parse(given)
             except ValueError as error:
-                raise InvalidArgument(field, given, f"{error} (a {self.kind.name}, e.g. {self.kind.example})",
-                                      hex_value=False) from None
+                raise InvalidArgument(field, given, str(error), hex_value=False) from None
         elif isinstance(given, self.kind.types) and not isinstance(given, bool):
             value = given
         else:
@@ -151,7 +150,7 @@ class Param:
             raise InvalidArgument(field, given, "must be positive" if self.positive else "must not be negative",
                                   hex_value=hex_value and not isinstance(given, str))
         if self.kind.limit is not None and value >= self.kind.limit:
-            raise InvalidArgument(field, given, f"must be below {self.kind.format(self.kind.limit)}",
+            raise InvalidArgument(field, given, f"must be below 2**{self.kind.limit.bit_length() - 1}",
                                   hex_value=hex_value and not isinstance(given, str))
         return value
 
