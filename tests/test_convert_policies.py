@@ -243,17 +243,14 @@ def write_plugin(root, group: str, module: str, body: str) -> None:
 
 def test_policies_from_an_entry_point_load_once_on_first_read(tmp_path, monkeypatch, scratch_registry):
     write_plugin(tmp_path, "privmem.policies", "privmem_test_plugin_policy", """
-        from privmem.convert import HOLD, Policy, policy
+        from privmem.convert import policy
+        from privmem.convert.policies import NeverPolicy
 
         LOADS = []
 
         @policy("test-plugin", "a policy from another package")
-        class PluginPolicy(Policy):
-            def holds(self, side):
-                return True
-
-            def left_behind(self, side, gpa, size):
-                return [(gpa, size, HOLD)]
+        class PluginPolicy(NeverPolicy):
+            pass                                  # never, under another name
 
         LOADS.append(1)
     """)

@@ -144,4 +144,15 @@ class Policy:
         return held.take_all() if force and self.queues else []
 
 
-__all__ = ["BUDGET_BOUNDED", "DISCARD", "EXACT_BOOKS", "HOLD", "MODEL_PROPERTIES", "Policy"]
+class HoldEverything(Policy):
+    """A policy that holds all memory left behind (the engine's fast path) and decides only
+    in ``drain`` (and ``converted``) when it goes: never, lazy and batch are ones."""
+
+    def holds(self, side: int) -> bool:
+        return True
+
+    def left_behind(self, side: int, gpa: int, size: int) -> list[tuple[int, int, str]]:
+        return [(gpa, size, HOLD)]
+
+
+__all__ = ["BUDGET_BOUNDED", "DISCARD", "EXACT_BOOKS", "HOLD", "HoldEverything", "MODEL_PROPERTIES", "Policy"]

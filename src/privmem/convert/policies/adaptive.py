@@ -4,30 +4,23 @@ from __future__ import annotations
 
 from ...attrs.ranges import MemoryAttributes
 from ..catalogue import policy
-from ..protocol import BUDGET_BOUNDED, DISCARD, HOLD, Policy
-from .lazy import BATCH, BUDGET, default_batch, drain_over_budget
+from ..protocol import DISCARD, HOLD
+from .lazy import BATCH, BUDGET, Budgeted
 
 
 @policy("adaptive", "hold only pages seen flipping back (bounded by the budget); discard the rest at once")
-class AdaptivePolicy(Policy):
+class AdaptivePolicy(Budgeted):
     """Learns which pages flip-flop.  A page is 'hot' once it comes back to a side it left
     earlier, whether its memory there was still held or already discarded.  Hot pages stay
     held (bounded by the budget, no age limit, so no drainer ticks it); cold pages are
     discarded as soon as they are left, so only the flip-floppers are double-allocated."""
 
     params = (BUDGET, BATCH)
-    queues = ages = True
-    model_property = BUDGET_BOUNDED
 
     def __init__(self, **values):
         super().__init__(**values)
-        self.batch = self.batch or default_batch(self.budget)
         self._hot = MemoryAttributes(supported=1)
         self._discarded = MemoryAttributes(supported=1)
-
-    @property
-    def budget_bytes(self) -> int:
-        return self.budget
 
     def entered(self, gpa, size, reclaimed):
         if reclaimed or next(self._discarded.ranges(gpa, size), None) is not None:
@@ -48,4 +41,4 @@ class AdaptivePolicy(Policy):
         return pieces
 
     def drain(self, held, now, force=False):
-        return held.take_all() if force else drain_over_budget(held, self.budget, self.batch)
+        return held.take_all() if force else self.drain_over_budget(held)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from ..catalogue import policy
-from ..protocol import HOLD, Policy
+from ..protocol import HoldEverything
 from ..spec import INT, Param
 
 
 @policy("batch", "hold converted-away memory; discard all of it every n conversions (discard in batches)")
-class BatchPolicy(Policy):
+class BatchPolicy(HoldEverything):
     """Discard in batches: everything left behind is held, so a page that flips back within a
     batch costs nothing, and every ``n``-th conversion that changes pages discards all held
     memory in coalesced runs.  No ages to keep and nothing timed, so no drainer: held memory
@@ -27,12 +27,6 @@ class BatchPolicy(Policy):
         self._converted += 1
         if self._converted == self.n:
             self._converted, self._due = 0, True
-
-    def holds(self, side):
-        return True
-
-    def left_behind(self, side, gpa, size):
-        return [(gpa, size, HOLD)]
 
     def drain(self, held, now, force=False):
         if not (force or self._due):

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from ..catalogue import policy
 from ..held import HELD_SHARED
-from ..protocol import DISCARD, HOLD, Policy
+from ..protocol import DISCARD, HOLD, HoldEverything, Policy
 
 
 @policy("never", "no discard at all: the time lower bound, as plain SNP had")
-class NeverPolicy(Policy):
+class NeverPolicy(HoldEverything):
     """Everything left behind stays held: no discard syscall ever, the most memory."""
-
-    def holds(self, side):
-        return True
-
-    def left_behind(self, side, gpa, size):
-        return [(gpa, size, HOLD)]
 
 
 @policy("eager", "discard the side being left in the same step (today's QEMU; the seed's SNP+UPM)")
