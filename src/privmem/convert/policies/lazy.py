@@ -58,9 +58,8 @@ class LazyPolicy(Budgeted, HoldEverything):
     def drain(self, held, now, force=False):
         if force:
             return held.take_all()
-        over = self.drain_over_budget(held)
-        if over:
-            return over
+        if held.total > self.budget:            # drain_over_budget, inlined: this runs every conversion
+            return held.take_oldest(max(self.batch, held.total - self.budget))
         oldest = held.oldest_time(before=now - self.max_age)
         if oldest is not None and now - oldest > self.max_age:
             return held.take_oldest(self.batch, older_than=now - self.max_age)
