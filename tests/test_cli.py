@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from privmem.cli import main
+from privmem.convert import POLICIES
 
 DATA = Path(__file__).parent / "data"
 
@@ -107,7 +108,7 @@ def test_bench_quick_on_the_host_backend_writes_json_and_plot(tmp_path, capsys):
     assert main(["bench", "--quick", "--backend", "host", "--memory", "64M", "--repeat", "1",
                  "--json-out", str(json_out), "--plot-out", str(plot_out)]) == 0
     report = json.loads(json_out.read_text())
-    assert {row["policy"] for row in report["summary"]} == {"never", "eager", "keep-shared", "lazy", "adaptive"}
+    assert {row["policy"] for row in report["summary"]} == set(POLICIES)
     assert plot_out.read_bytes()[:4] == b"\x89PNG"
     assert "ovmf-dma vs never: " in capsys.readouterr().out
 

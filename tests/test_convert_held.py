@@ -11,23 +11,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from privmem.convert.held import HELD_PRIVATE, HELD_SHARED, HeldMemory
 
+from .policy_helpers import merged_runs
 from .strategies import WORD_CHUNK_SHIFT, chunk_edge_ranges
 
 PAGE = 4096
 SPAN = 4 << WORD_CHUNK_SHIFT
 sides = st.sampled_from([HELD_SHARED, HELD_PRIVATE])
 ranges = chunk_edge_ranges(WORD_CHUNK_SHIFT, chunks=3, max_pages=160)
-
-
-def merged(pages: dict[int, int]) -> list[tuple[int, int, int]]:
-    """(gpa, size, side) runs of a page -> side map, adjacent pages of one side merged."""
-    out: list[list[int]] = []
-    for page in sorted(pages):
-        if out and out[-1][2] == pages[page] and out[-1][0] + out[-1][1] == page * PAGE:
-            out[-1][1] += PAGE
-        else:
-            out.append([page * PAGE, PAGE, pages[page]])
-    return [tuple(run) for run in out]
 
 
 def pages_of(runs) -> dict[int, int]:
@@ -90,11 +80,11 @@ def machine_for(track_age: bool):
                 for page in [p for p in range(first, end) if self.pages.get(p, (0, -1))[1] == tag]:
                     taken[page] = self.pages.pop(page)[0]
                     total += PAGE
-            assert self.held.take_oldest(max_pages * PAGE, older_than) == merged(taken)
+            assert self.held.take_oldest(max_pages * PAGE, older_than) == merged_runs(taken)
 
         @rule()
         def take_all(self):
-            expected = merged({p: s for p, (s, _) in self.pages.items()})
+            expected = merged_runs({p: s for p, (s, _) in self.pages.items()})
             self.pages.clear()
             self.fifo.clear()
             assert self.held.take_all() == expected
@@ -108,7 +98,7 @@ def machine_for(track_age: bool):
         @invariant()
         def books_agree(self):
             self.held.check()
-            assert self.held.runs() == merged({p: s for p, (s, _) in self.pages.items()})
+            assert self.held.runs() == merged_runs({p: s for p, (s, _) in self.pages.items()})
             for side in (HELD_SHARED, HELD_PRIVATE):
                 assert self.held.held_bytes[side] == PAGE * sum(1 for s, _ in self.pages.values() if s == side)
 

@@ -217,7 +217,7 @@ API_CASES = {
                                      InvalidArgument, r"policy='sometimes': unknown \(choose from never, eager"),
     "make_policy zero budget": Case("host", lambda m: make_policy("lazy", HOST_MEMORY, budget=0),
                                     InvalidArgument, r"budget=0x0: must be positive"),
-    "make_policy negative max_age": Case("host", lambda m: make_policy("adaptive", HOST_MEMORY, max_age=-1.0),
+    "make_policy negative max_age": Case("host", lambda m: make_policy("lazy", HOST_MEMORY, max_age=-1.0),
                                          InvalidArgument, r"max_age=-1.0: must be positive"),
     # backings
     "SharedBacking.create unaligned": Case("host", lambda m: SharedBacking.create(PAGE + 1),

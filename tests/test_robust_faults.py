@@ -16,12 +16,13 @@ import pytest
 from privmem import GuestError
 from privmem.attrs import ATTR_PRIVATE, MemoryAttributes
 from privmem.backing import FaultyBacking
-from privmem.convert import ConversionEngine, ConversionTracker, make_policy
+from privmem.convert import ConversionEngine, ConversionTracker
 from privmem.units import MiB
 from privmem.ops import Op as GuestOp
 from privmem.vmm import Machine
 from privmem.vmm.host import HostMachine
 
+from .policy_helpers import policy_with
 from .resources import program_of, resources
 from .test_robust_bad_input import snapshot
 
@@ -58,9 +59,9 @@ class Faults:
         shared_rule, private_rule = self.rules
         self.shared = FaultyBacking(shared, {"discard": shared_rule} if shared_rule else None)
         self.private = FaultyBacking(private, {"discard": private_rule} if private_rule else None)
-        kwargs = {"budget": 4 * MiB, "max_age": 3600} if self.policy in ("lazy", "adaptive") else {}
         return ConversionEngine(ConversionTracker(MemoryAttributes()),
-                                make_policy(self.policy, shared.size, **kwargs), self.shared, self.private,
+                                policy_with(self.policy, shared.size, budget=4 * MiB, max_age=3600),
+                                self.shared, self.private,
                                 journal=True, memory_map=memory_map)
 
     @property

@@ -6,14 +6,14 @@ from privmem import AccessDenied, InvalidArgument
 from privmem.runner import run_trace
 from privmem.vmm.host import HostMachine
 from privmem import ops
+from privmem.convert import POLICIES
 from privmem.workload import WORKLOADS, generate
 
 MEMORY = 64 << 20
-POLICIES = ["never", "eager", "keep-shared", "lazy", "adaptive"]
 
 
-@pytest.mark.parametrize("workload", sorted(WORKLOADS))
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+@pytest.mark.parametrize("policy", list(POLICIES))
 def test_every_workload_runs_clean_under_every_policy(workload, policy):
     trace = generate(workload, memory=MEMORY, vcpus=2, scale=0.05)
     result = run_trace(trace, policy, backend="host", sample_interval=0.01)

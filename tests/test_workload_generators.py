@@ -312,3 +312,25 @@ def test_model_reserved_and_results():
     result = check_trace(trace)
     assert result.shared_ranges == [(4096, 8192)] and result.verified_pages == 1
     assert result.noop_conversion_pages == 0
+
+
+def test_a_user_workload_registered_from_python_is_listed_generated_and_run(monkeypatch):
+    from privmem import ops
+    from privmem.runner import run_trace
+    from privmem.workload import GENERATORS, workload
+
+    monkeypatch.setattr(GENERATORS, "_entries", dict(GENERATORS._entries))
+
+    @workload("test-one-flip", "one page to shared and back per scale unit, data checked")
+    def one_flip(memory, vcpus, seed, scale, reserved):
+        page = reserved
+        return [ops.convert(page, PAGE_SIZE, "shared"), ops.dma_in(page, PAGE_SIZE, 7),
+                ops.verify(page, PAGE_SIZE, "shared", 7), ops.convert(page, PAGE_SIZE, "private")]
+
+    assert list(WORKLOADS)[-1] == "test-one-flip" and WORKLOADS["test-one-flip"].startswith("one page")
+    trace = generate("test-one-flip", memory=16 * MiB, layout="q35")
+    assert trace.name == "test-one-flip" and len(trace.ops) == 4
+    result = run_trace(trace, "eager", backend="host")
+    assert result.conversions == 2 and result.data_errors == 0 and result.discards == 2
+    with pytest.raises(ValueError, match="already registered"):
+        workload("test-one-flip", "again")(one_flip)

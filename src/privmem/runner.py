@@ -93,9 +93,9 @@ class RunResult:
 
 
 def make_machine(backend: str, memory_map: GuestMemoryMap, vcpus: int, policy: str, tracking: str = "store",
-                 backing: str = "two-file", budget: int | None = None, max_age: float | None = None):
-    """A machine of ``backend`` running ``policy`` over ``backing``; ``budget`` and
-    ``max_age`` (seconds) override the draining policies' defaults (see ``make_policy``)."""
+                 backing: str = "two-file"):
+    """A machine of ``backend`` running ``policy`` (a name or spec, ``lazy:budget=8M``) over
+    ``backing``."""
     if backend not in BACKENDS:
         raise InvalidArgument("backend", backend, f"unknown (choose from {', '.join(BACKENDS)})", hex_value=False)
     if tracking not in TRACKINGS:
@@ -115,27 +115,9 @@ def make_machine(backend: str, memory_map: GuestMemoryMap, vcpus: int, policy: s
         machine_class = MemslotMachine
     else:
         machine_class = Machine
-    overrides = budget is not None or max_age is not None
-    if overrides and backing != "two-file":
-        raise InvalidArgument("backing", backing, "budget and max-age apply to the two-file backing's draining "
-                              "policies (in-place discards nothing)", hex_value=False)
-    engine = _engine_factory(policy, budget, max_age) if overrides else None
-    if machine_class is Machine or backend == "host":
-        return machine_class(vcpus=vcpus, engine=engine, policy=policy, memory_map=memory_map, backing=backing)
-    return machine_class(vcpus=vcpus, engine=engine, policy=policy, memory_map=memory_map)
-
-
-def _engine_factory(policy: str, budget: int | None, max_age: float | None):
-    """An engine factory over a machine's backings (what the machines take as ``engine``),
-    for a policy with its own settings."""
-    from .attrs import MemoryAttributes
-    from .convert import ConversionEngine, ConversionTracker, make_policy
-
-    def build(shared, private, memory_map):
-        return ConversionEngine(ConversionTracker(MemoryAttributes()),
-                                make_policy(policy, memory_map.ram_bytes, budget=budget, max_age=max_age),
-                                shared, private, memory_map=memory_map)
-    return build
+    if tracking == "memslots":
+        return machine_class(vcpus=vcpus, policy=policy, memory_map=memory_map)
+    return machine_class(vcpus=vcpus, policy=policy, memory_map=memory_map, backing=backing)
 
 
 class _Sampler(threading.Thread):
@@ -179,15 +161,13 @@ def compile_trace(trace: Trace, timing: str = "none") -> Program:
 
 def run_program(program: Program, name: str, policy: str = "never", backend: str | None = None,
                 tracking: str = "store", sample_interval: float = SAMPLE_INTERVAL, timeout: float | None = None,
-                machine_hook=None, backing: str = "two-file", budget: int | None = None,
-                max_age: float | None = None) -> RunResult:
+                machine_hook=None, backing: str = "two-file") -> RunResult:
     """Run a compiled program on a fresh machine of its memory map; the machine is closed
     before this returns.  ``machine_hook(machine)`` runs once the machine exists (the CLI
-    uses it to close the machine on a signal).  ``budget`` (bytes) and ``max_age``
-    (seconds) override a draining policy's defaults."""
+    uses it to close the machine on a signal).  ``policy`` is a name or a spec
+    (``lazy:budget=8M,max_age=20ms``)."""
     backend = backend or default_backend()
-    with make_machine(backend, program.memory_map, program.vcpus, policy, tracking, backing, budget,
-                      max_age) as machine:
+    with make_machine(backend, program.memory_map, program.vcpus, policy, tracking, backing) as machine:
         if machine_hook is not None:
             machine_hook(machine)
         sampler = _Sampler(machine, sample_interval)
@@ -207,7 +187,7 @@ def run_program(program: Program, name: str, policy: str = "never", backend: str
             peak_double_alloc_bytes=stats.peak_double_allocated_bytes, peak_host_bytes=sampler.peak_host_bytes,
             data_errors=result.data_errors, tracking=tracking, dma_errors=result.dma_errors,
             psc_retries=result.psc_retries, psc_errors=result.psc_errors, reclaimed_bytes=stats.reclaimed_bytes,
-            budget_bytes=getattr(machine.engine.policy, "budget", None),
+            budget_bytes=getattr(machine.engine.policy, "budget_bytes", None),
             max_age_s=getattr(machine.engine.policy, "max_age", None),
             peak_double_alloc_measured_bytes=sampler.peak_double_measured, layout=memory_map.name,
             regions=memory_map.as_json(), ops=program.ops, timing=program.timing,

@@ -48,6 +48,13 @@ class Setting:
     max_age: float | None = None            # seconds, for lazy
 
     @property
+    def spec(self) -> str:
+        """The policy spec that runs this setting (``lazy:budget=4194304,max_age=0.02s``)."""
+        params = ([f"budget={self.budget}"] if self.budget is not None else []) + \
+                 ([f"max_age={self.max_age!r}s"] if self.max_age is not None else [])
+        return self.policy + (":" + ",".join(params) if params else "")
+
+    @property
     def label(self) -> str:
         parts = [self.policy]
         if self.budget is not None:
@@ -270,9 +277,8 @@ def run(config: AdviseConfig, progress=None) -> AdviseReport:
             for setting in rounds.rotated(settings, round_index):
                 if progress:
                     progress(done, total, f"{setting.label} (round {round_index + 1}/{config.repeat})")
-                report.runs[setting].append(run_program(program, name, setting.policy, backend,
-                                                        sample_interval=SAMPLE_INTERVAL, budget=setting.budget,
-                                                        max_age=setting.max_age))
+                report.runs[setting].append(run_program(program, name, setting.spec, backend,
+                                                        sample_interval=SAMPLE_INTERVAL))
                 done += 1
     report.sweep_s = time.perf_counter() - started
     return report

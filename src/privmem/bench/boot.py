@@ -1,12 +1,12 @@
-"""`privmem bench`: the seed's boot-time experiment, reproduced and fixed.
+"""`privmem bench`: the UPM thread's boot-time experiment, reproduced and fixed.
 
 Runs the workload (default ``boot`` and ``ovmf-dma`` on a 1 GiB guest) under every discard
 policy, side by side in one run: policies are interleaved round by round so machine noise
 spreads over all of them, and each policy's time is its best round.  Times are reported as
-ratios to ``never`` (no discard at all, the seed's plain-SNP lower bound).  On KVM it also
+ratios to ``never`` (no discard at all, the UPM thread's plain-SNP lower bound).  On KVM it also
 measures a bare port-I/O exit round trip and a one-page conversion round trip under
 ``never`` in the same run, and runs ``ovmf-dma`` with conversions done by splitting memslots
-(the design the seed rejected) and every workload on the in-place backing (one guest_memfd
+(the design the UPM thread rejected) and every workload on the in-place backing (one guest_memfd
 serving both views: nothing to discard, so only under ``never``) for contrast.
 
 A row is a (workload, policy, tracking, backing): the policies run on the two-file backing

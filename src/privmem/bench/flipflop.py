@@ -51,7 +51,7 @@ def run_policy(policy_name: str, flips: int, memory: int = MEMORY) -> FlipFlopRe
         stats = engine.stats
         return FlipFlopResult(policy_name, flips, wall, wall / (2 * flips) * 1e6, stats.discards,
                               stats.discarded_bytes, stats.reclaimed_bytes,
-                              stats.peak_double_allocated_bytes, getattr(policy, "budget", None))
+                              stats.peak_double_allocated_bytes, policy.budget_bytes)
 
 
 def run(flips: int = 10_000, policies=tuple(POLICIES)) -> list[FlipFlopResult]:

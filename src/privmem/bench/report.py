@@ -169,7 +169,7 @@ def short_label(row: dict) -> str:
     """A row's name in the compact table: contrasts by their design alone (both run under
     never, which the table's note says)."""
     if is_policy_row(row):
-        return row["policy"]
+        return row["policy"].replace(",", ", ")      # a long spec may wrap after a comma
     return "memslots" if row["tracking"] == "memslots" else backing_of(row)
 
 
@@ -199,14 +199,15 @@ def table(doc: dict, wide: bool = False):
                       collapse_padding=True)
         for index in shown:
             _, compact, right = COLUMNS_SHOWN[index]
-            block.add_column(compact, justify="right" if right else "left")
+            # A long policy spec folds onto a second line: a cell is never cut.
+            block.add_column(compact, justify="right" if right else "left", overflow="fold")
         for row in group:
             row_cells = cells(row)
             row_cells[1] = short_label(row)
             block.add_row(*(escape(row_cells[index]) for index in shown))
         blocks.append(block)
     notes = [escape(title(doc)), ""]
-    meanings = {"memslots": "never + memslot splitting", "in-place": "never + one guest_memfd for both views"}
+    meanings = {"memslots": "never + memslot splitting", "in-place": "never + one guest_memfd"}
     present = dict.fromkeys(short_label(row) for row in doc["summary"] if not is_policy_row(row))
     if present:
         notes.append("; ".join(f"{name} = {meanings.get(name, 'never')}" for name in present))

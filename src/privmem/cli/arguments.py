@@ -116,7 +116,7 @@ def fraction(field: str):
     return argument_type(field, parse_value)
 
 
-def _unknown(field: str, text: str, names) -> InvalidArgument:
+def unknown_name(field: str, text: str, names) -> InvalidArgument:
     """``field='lazzy': unknown; did you mean 'lazy'? (choose from ...)``."""
     close = difflib.get_close_matches(text, list(names), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -128,7 +128,7 @@ def choice(field: str, names):
     registered after the parser was built are accepted)."""
     def parse_value(text: str) -> str:
         if text not in names:
-            raise _unknown(field, text, names)
+            raise unknown_name(field, text, names)
         return text
     return argument_type(field, parse_value)
 
@@ -141,7 +141,7 @@ def choices(field: str, names):
             _refuse(field, text, "an empty list")
         for name in picked:
             if name not in names:
-                raise _unknown(field, name, names)
+                raise unknown_name(field, name, names)
         repeated = next((name for name in picked if picked.count(name) > 1), None)
         if repeated:
             _refuse(field, text, f"names {repeated!r} twice")
@@ -161,4 +161,4 @@ def braces(names) -> str:
 
 
 __all__ = ["COUNT", "FILE", "HelpFormatter", "Parser", "PNG", "SECONDS", "SIZE", "argument_type", "braces", "choice", "choices", "count",
-           "fraction", "listed", "number", "seed", "size"]
+           "fraction", "listed", "number", "seed", "size", "unknown_name"]

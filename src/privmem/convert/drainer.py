@@ -9,14 +9,14 @@ from ..threads import join_all, start_all
 
 
 class Drainer:
-    """A thread calling ``engine.tick()`` every ``interval`` seconds (default: half the
-    policy's ``max_age``), so held memory is discarded on time even when the guest stops
-    converting.  Only draining policies need one; ``for_engine`` returns a do-nothing context
-    for the rest.  A context manager: the thread stops and is joined on exit.  A tick that
-    raises stops the drainer and never goes unseen: ``on_error(error)`` is called at once
-    (a machine stops its run with it), and the error is re-raised from ``__exit__`` (the
-    engine already keeps failed discards held and retries them, so this is a bug, not an
-    I/O error)."""
+    """A thread calling ``engine.tick()`` every ``interval`` seconds (``for_engine``: the
+    policy's ``tick_interval``), so held memory is discarded on time even when the guest stops
+    converting.  Only policies whose drain depends on time need one; ``for_engine`` returns a
+    do-nothing context for the rest (``tick_interval`` None).  A context manager: the thread
+    stops and is joined on exit.  A tick that raises stops the drainer and never goes unseen:
+    ``on_error(error)`` is called at once (a machine stops its run with it), and the error is
+    re-raised from ``__exit__`` (the engine already keeps failed discards held and retries
+    them, so this is a bug, not an I/O error)."""
 
     def __init__(self, engine, interval: float, on_error=None):
         self.engine, self.interval, self.on_error = engine, interval, on_error
@@ -27,10 +27,10 @@ class Drainer:
     @classmethod
     def for_engine(cls, engine, on_error=None):
         """A drainer for ``engine``'s policy, or a do-nothing context where none is needed."""
-        policy = getattr(engine, "policy", None)
-        if not getattr(policy, "drains", False):
+        interval = getattr(getattr(engine, "policy", None), "tick_interval", None)
+        if interval is None:
             return contextlib.nullcontext()
-        return cls(engine, policy.max_age / 2, on_error)
+        return cls(engine, interval, on_error)
 
     def _run(self) -> None:
         try:

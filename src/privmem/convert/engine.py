@@ -11,8 +11,9 @@ from ..attrs.validate import ATTR_PRIVATE
 from ..errors import Busy, InvalidArgument, InvalidState, SyscallError
 from ..memmap import GpaRange, GuestMemoryMap
 from .access import DeviceAccessRules
+from . import policies  # noqa: F401  (registers the built-in policies: POLICIES is full whoever asks)
 from .held import HELD_PRIVATE, HELD_SHARED, SIDES, HeldMemory
-from .policies import DISCARD, Policy
+from .protocol import DISCARD, Policy
 from .tracker import Conversion, ConversionTracker, Request
 
 
@@ -70,7 +71,12 @@ class ConversionEngine(DeviceAccessRules):
         self.clock = clock
         self.commit_hooks = list(commit_hooks or [])
         self.stats = EngineStats()
-        self.held = HeldMemory(track_age=policy.drains)
+        # The policy's protocol attributes are read once (docs in protocol.Policy); so is
+        # whether it overrides the per-conversion hook, so policies that do not pay nothing.
+        self.held = HeldMemory(track_age=policy.ages)
+        self._queues = policy.queues
+        hook = getattr(type(policy), "converted", Policy.converted)
+        self._on_conversion = None if hook is Policy.converted else policy.converted
         self.launched = False
         self._retry: list[tuple[int, int, int]] = []
         # Committed requests in commit order, when asked for: replaying them one by one on a
@@ -156,6 +162,8 @@ class ConversionEngine(DeviceAccessRules):
         stats.pages_converted += conversion.pages_changed
         discards: list[tuple[int, int, int]] = []
         policy, held = self.policy, self.held
+        if self._on_conversion is not None:
+            self._on_conversion(conversion, now)
         holds_all = policy.holds(left)
         for gpa, size in conversion.changed:
             if holds_all:
@@ -243,7 +251,7 @@ class ConversionEngine(DeviceAccessRules):
         stats.double_allocated_bytes = total
         if total > stats.peak_double_allocated_bytes:
             stats.peak_double_allocated_bytes = total
-        stats.queued_bytes = total if self.policy.drains else \
+        stats.queued_bytes = total if self._queues else \
             (sum(s for _, s, _ in self._retry) if self._retry else 0)
 
     def _take_retries(self) -> list[tuple[int, int, int]]:
@@ -299,7 +307,7 @@ class ConversionEngine(DeviceAccessRules):
 
     def populate(self, gpa: int, size: int) -> Conversion:
         """Before launch: copy the shared view into private memory and make the range
-        private (SNP's launch update; the seed's in-place encryption)."""
+        private (SNP's launch update; the UPM thread's in-place encryption)."""
         self._require_unlaunched("populate")
         where = self.memory_map.range(gpa, size)
         shared, private = self.backings[HELD_SHARED], self.backings[HELD_PRIVATE]

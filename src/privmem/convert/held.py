@@ -18,7 +18,7 @@ class HeldMemory:
     """Which backing pages a conversion left behind, and since when.
 
     When a page converts, the backing it leaves keeps its memory until something
-    discards it: that is the double allocation the seed wants bounded.  ``_store`` maps
+    discards it: that is the double allocation the UPM thread wants bounded.  ``_store`` maps
     each held page to ``side | tag << 2``: the side whose memory is held (a page holds at
     most one, the side it is not using) and, when ages are tracked, the tag of the hold
     that put it there.  ``_fifo`` lists ``(time, gpa, size, value)`` per hold in order; an
@@ -28,11 +28,11 @@ class HeldMemory:
 
     The books are the attribute store's representation (``MemoryAttributes`` over words), so
     they stay bounded whatever the guest does: per chunk, coalesced runs or one bit plane per
-    bit the held values use there.  Without ages (``never``, ``eager``, ``keep-shared``) the
-    values are the two sides, so a chunk costs at most about two bitmaps of it; with ages
-    every hold's tag adds bits, up to ``2 + tags.bit_length()`` planes, and each hold also
-    costs its fifo entry and ``_live`` count (the draining policies' budget bounds how many
-    are held at once).
+    bit the held values use there.  Without ages (a policy whose ``ages`` is False, such as
+    ``never``, ``eager``, ``keep-shared``) the values are the two sides, so a chunk costs at
+    most about two bitmaps of it; with ages every hold's tag adds bits, up to
+    ``2 + tags.bit_length()`` planes, and each hold also costs its fifo entry and ``_live``
+    count (the aging policies' budget bounds how many are held at once).
 
     Complexity: ``hold``, ``release`` and ``reclaim`` O(log n + k) for k held runs in the range
     (plus the store's O(range / 8) in dense chunks); ``take_oldest`` that per entry taken;

@@ -17,7 +17,7 @@ exists):
 * **content modes**: ``"zero"`` (the pages read as zeros afterwards: the host never sees what
   the guest wrote while a page was private, as SNP/TDX guarantee; the guest sees zeros in
   pages the host had) and ``"preserve"`` (contents kept: the guest reads what the host wrote;
-  to private and before launch only, the seed's "copy shared -> private before guest start,
+  to private and before launch only, the UPM thread's "copy shared -> private before guest start,
   and refuse it afterwards").  The default is zero, or preserve for ``populate``.  Only
   allocated pages are zeroed, so a conversion never allocates.
 * ``truncate`` (PUNCH_HOLE) frees and zeroes pages without changing their state.

@@ -64,7 +64,7 @@ class Conversion(NamedTuple):
 class ConversionTracker:
     """Owns the pending state of conversions on top of a ``MemoryAttributes`` store.
 
-    The seed's design for software-protected VMs: a guest hypercall marks a range
+    The UPM thread's design for software-protected VMs: a guest hypercall marks a range
     pending; the VMM completes the transaction (attributes change atomically) or aborts
     it (nothing changes).  A request overlapping one still in flight raises ``Busy``,
     the EAGAIN a guest retries on.  Pending ranges are kept beside the store, not in it:

@@ -1,4 +1,4 @@
-"""``MemslotMachine``: conversions as memslot surgery -- the design the seed thread rejected.
+"""``MemslotMachine``: conversions as memslot surgery -- the design the 2022 UPM thread rejected.
 
 Sean Christopherson (seed thread): "My original proposal was to have explicit shared vs.
 private memslots, and punch holes in KVM's memslots on conversion, but due to the way KVM (and

@@ -1,7 +1,9 @@
 """Seeded, deterministic workload generators modelled on real guests (reference §6).
 
 ``generate(name, memory, vcpus, seed=0, scale=1.0, reserved=0, layout=None, memory_map=None)
--> Trace``.
+-> Trace``.  The workloads are registered by name (``GENERATORS``, filled by ``@workload``;
+``WORKLOADS`` maps each name to its description), so a new one is one function in any module:
+``@workload(name, summary)`` over ``build(memory, vcpus, seed, scale, reserved) -> [Op]``.
 
 Workloads are laid out in RAM *offsets* (0 .. memory), then placed in guest-physical space
 through the guest memory map (``layout`` or ``memory_map``; default one region at 0): what
@@ -31,18 +33,20 @@ Conventions every generator follows (see :mod:`privmem.ops` for the data semanti
 
 from __future__ import annotations
 
-import random
-from typing import Callable
-
 import dataclasses
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..errors import InvalidArgument
 from ..memmap import GuestMemoryMap
+from ..registry import Registry
 from ..units import GiB, MiB, PAGE_SIZE, is_page_aligned
 from .model import summary
 from ..ops import Op, Trace, check_memory, check_vcpus, convert, dma_in, dma_out, touch, verify, write
 
-__all__ = ["RESERVED", "WORKLOADS", "DEFAULT_WORKLOAD", "generate", "summary", "swiotlb_size"]
+__all__ = ["DEFAULT_WORKLOAD", "GENERATORS", "RESERVED", "WORKLOADS", "Workload", "generate", "summary",
+           "swiotlb_size", "workload"]
 
 RESERVED = 0
 CHUNK = 2 * MiB                      # conversion granule for bulk conversions (PSC 2M entry, MapGPA chunk)
@@ -67,25 +71,31 @@ DEFAULT_WORKLOAD = "boot"
 # Work grows linearly with scale (boot: about 37k ops per unit, ~280 B each in memory), so
 # the bound keeps a generated trace near 1.2M ops, a few hundred MB, before any is built.
 MAX_SCALE = 32.0
-WORKLOADS = {
-    "boot": "composite boot (the default): firmware phase = ovmf-dma on vCPU 0, then kernel phase = "
-            "swiotlb pool setup + lazy acceptance of the upper half + dma_alloc_coherent + streaming DMA",
-    "ovmf-dma": "OVMF IoMmuDxe before Dec 2022: ~5,000 DMA transactions, each converting 1-2 "
-                "bounce-buffer pages to shared and back, reusing the same few pages (the flip-flop that "
-                "hurts eager discard)",
-    "swiotlb": "Linux SWIOTLB: 6% of memory clamped to [64 MiB, 1 GiB] converted to shared once in 2 MiB "
-               "chunks, then streaming DMA through it with no further conversion",
-    "accept": "Linux lazy acceptance: an unaccepted (shared) region converted to private in 4 MiB chunks "
-              "on first use (convert + touch + write, verified later)",
-    "coherent": "dma_alloc_coherent: many 1-4 page shared allocations, used a while; most freed back to "
-                "private later, some (virtqueues) never",
-    "random": "seeded stress: overlapping conversions from all vCPUs in one shared window, plus random "
-              "conversions and data ops in per-vCPU windows",
-    "scatter": "big-guest check: pages scattered over all of RAM (the first and the last page included) "
-               "converted to shared, DMA'd and verified, then back to private, written and verified",
-}
 
 Step = list  # a list of Ops kept together when streams are merged
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A named generator: ``build(memory, vcpus, seed, scale, reserved) -> [Op]`` lays out its
+    ops in RAM offsets, following the conventions above; ``generate`` checks the arguments
+    first and places the ops in guest-physical space."""
+
+    name: str
+    summary: str
+    build: Callable[[int, int, int, float, int], list[Op]]
+
+
+GENERATORS: Registry[Workload] = Registry("workload", group="privmem.workloads")
+WORKLOADS = GENERATORS.summaries     # name -> description, in registration order (the default first)
+
+
+def workload(name: str, summary: str):
+    """Register ``build(memory, vcpus, seed, scale, reserved) -> [Op]`` as the workload ``name``."""
+    def register(build: Callable[[int, int, int, float, int], list[Op]]):
+        GENERATORS.add(name, Workload(name, summary, build))
+        return build
+    return register
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,111 +426,7 @@ def _random_steps(rng: random.Random, own_base: int, own_size: int, shared_base:
 
 
 # ---------------------------------------------------------------------------------------------
-# workloads
-
-def _ovmf_dma(memory, vcpus, seed, scale, reserved):
-    start = _align_up(reserved, CHUNK)
-    need = start + vcpus * OVMF_WINDOW
-    if need > memory:
-        raise _too_small("ovmf-dma", memory, vcpus, reserved, need)
-    total = max(1, round(OVMF_TRANSACTIONS * scale))
-    return [_ovmf_dma_steps(_rng("ovmf-dma", seed, v), start + v * OVMF_WINDOW, v, n)
-            for v, n in enumerate(_split(total, vcpus))]
-
-
-def _swiotlb_area(memory: int, vcpus: int, start: int, limit: int) -> int:
-    """Size of each vCPU's area: the Linux pool size clamped to what fits in [start, limit),
-    split into ``vcpus`` areas of whole 2 MiB chunks (callers make sure one chunk each fits)."""
-    pool = min(swiotlb_size(memory), _align_down(limit - start, CHUNK))
-    return _align_down(pool // vcpus, CHUNK)
-
-
-def _swiotlb(memory, vcpus, seed, scale, reserved):
-    start = _align_up(reserved, CHUNK)
-    need = start + vcpus * CHUNK
-    if need > memory:
-        raise _too_small("swiotlb", memory, vcpus, reserved, need)
-    area = _swiotlb_area(memory, vcpus, start, memory)
-    mappings = _split(max(vcpus, round(SWIOTLB_MAPPINGS * scale)), vcpus)
-    out = []
-    for v in range(vcpus):
-        base = start + v * area
-        out.append(_bulk_convert_steps(base, area, "shared", v)
-                   + _swiotlb_stream_steps(_rng("swiotlb", seed, v), base, area, v, mappings[v]))
-    return out
-
-
-def _accept_split(vcpus: int, base: int, limit: int) -> list[tuple[int, int]]:
-    """Per-vCPU (base, size) parts of the unaccepted region [base, limit), in whole 2 MiB units
-    (callers make sure there is at least one unit per vCPU)."""
-    units = (limit - base) // CHUNK
-    parts, gpa = [], base
-    for count in _split(units, vcpus):
-        parts.append((gpa, count * CHUNK))
-        gpa += count * CHUNK
-    return parts
-
-
-def _accept(memory, vcpus, seed, scale, reserved):
-    start = _align_up(reserved, CHUNK)
-    need = start + vcpus * CHUNK
-    if need > _align_down(memory, CHUNK):
-        raise _too_small("accept", memory, vcpus, reserved, need)
-    parts = _accept_split(vcpus, start, _align_down(memory, CHUNK))
-    fraction = min(1.0, scale)
-    return [_accept_steps(_rng("accept", seed, v), base, size, v, fraction)
-            for v, (base, size) in enumerate(parts)]
-
-
-def _coherent(memory, vcpus, seed, scale, reserved):
-    start = _align_up(reserved, CHUNK)
-    need = start + vcpus * COHERENT_WINDOW
-    if need > memory:
-        raise _too_small("coherent", memory, vcpus, reserved, need)
-    total = max(vcpus, round(COHERENT_ALLOCATIONS * scale))
-    return [_coherent_steps(_rng("coherent", seed, v), start + v * COHERENT_WINDOW, v, n)
-            for v, n in enumerate(_split(total, vcpus))]
-
-
-def _random(memory, vcpus, seed, scale, reserved):
-    start = _align_up(reserved, CHUNK)
-    shared_base = _align_up(start + vcpus * RANDOM_OWN_WINDOW, CHUNK)
-    shared_size = min(RANDOM_SHARED_WINDOW, memory - shared_base)
-    if shared_size < CHUNK:
-        raise _too_small("random", memory, vcpus, reserved, shared_base + CHUNK)
-    total = max(vcpus, round(RANDOM_OPS * scale))
-    return [_random_steps(_rng("random", seed, v), start + v * RANDOM_OWN_WINDOW, RANDOM_OWN_WINDOW,
-                          shared_base, shared_size, v, n)
-            for v, n in enumerate(_split(total, vcpus))]
-
-
-def _scatter_steps(rng: random.Random, pages: list[int], vcpu: int) -> list[Step]:
-    """One vCPU's pages: to shared, the device writes, the guest checks; back to private, the
-    guest writes; every private page checked at the end."""
-    steps: list[Step] = []
-    written = []
-    for page in pages:
-        gpa, shared, private = page * PAGE_SIZE, _pattern(rng), _pattern(rng)
-        steps.append([convert(gpa, PAGE_SIZE, "shared", vcpu), dma_in(gpa, PAGE_SIZE, shared, vcpu),
-                      verify(gpa, PAGE_SIZE, "shared", shared, vcpu), dma_out(gpa, PAGE_SIZE, shared, vcpu),
-                      convert(gpa, PAGE_SIZE, "private", vcpu), write(gpa, PAGE_SIZE, "private", private, vcpu)])
-        written.append((gpa, private))
-    steps.append([verify(gpa, PAGE_SIZE, "private", pattern, vcpu) for gpa, pattern in written])
-    return steps
-
-
-def _scatter(memory, vcpus, seed, scale, reserved):
-    first, last = -(-reserved // PAGE_SIZE), memory // PAGE_SIZE - 1
-    count = min(last - first + 1, max(2 * vcpus, round(SCATTER_PAGES * scale)))
-    if last - first + 1 < 2 * vcpus:
-        raise _too_small("scatter", memory, vcpus, reserved, reserved + 2 * vcpus * PAGE_SIZE)
-    rng = _rng("scatter", seed)
-    chosen = {first, last}
-    while len(chosen) < count:
-        chosen.add(rng.randint(first, last))
-    pages = sorted(chosen)
-    return [_scatter_steps(_rng("scatter", seed, v), pages[v::vcpus], v) for v in range(vcpus)]
-
+# workloads: each registers its builder with @workload, in the order `list` shows them
 
 def boot_layout(memory: int, vcpus: int, reserved: int = RESERVED) -> dict:
     """Where the ``boot`` phases live: {"firmware", "coherent", "swiotlb", "accept"} ->
@@ -541,6 +447,8 @@ def boot_layout(memory: int, vcpus: int, reserved: int = RESERVED) -> dict:
     }
 
 
+@workload("boot", "composite boot (the default): firmware phase = ovmf-dma on vCPU 0, then kernel phase = "
+                  "swiotlb pool setup + lazy acceptance of the upper half + dma_alloc_coherent + streaming DMA")
 def _boot(memory, vcpus, seed, scale, reserved):
     """Firmware phase on vCPU 0 (the BSP) = ovmf-dma; then each vCPU's kernel phase: make its
     swiotlb area shared (2 MiB chunks; Linux does the whole pool on the BSP, we give each vCPU its
@@ -563,17 +471,124 @@ def _boot(memory, vcpus, seed, scale, reserved):
             _coherent_steps(rng, layout["coherent"][v][0], v, coherent[v]),
             _swiotlb_stream_steps(rng, pool_base, pool_size, v, mappings[v]),
         ]))
-    return [firmware], kernel
+    return _merge([firmware]) + _merge(kernel)
 
 
-_BUILDERS: dict[str, Callable] = {
-    "ovmf-dma": _ovmf_dma,
-    "swiotlb": _swiotlb,
-    "accept": _accept,
-    "coherent": _coherent,
-    "random": _random,
-    "scatter": _scatter,
-}
+@workload("ovmf-dma", "OVMF IoMmuDxe before Dec 2022: ~5,000 DMA transactions, each converting 1-2 "
+                      "bounce-buffer pages to shared and back, reusing the same few pages (the flip-flop that "
+                      "hurts eager discard)")
+def _ovmf_dma(memory, vcpus, seed, scale, reserved):
+    start = _align_up(reserved, CHUNK)
+    need = start + vcpus * OVMF_WINDOW
+    if need > memory:
+        raise _too_small("ovmf-dma", memory, vcpus, reserved, need)
+    total = max(1, round(OVMF_TRANSACTIONS * scale))
+    return _merge([_ovmf_dma_steps(_rng("ovmf-dma", seed, v), start + v * OVMF_WINDOW, v, n)
+                   for v, n in enumerate(_split(total, vcpus))])
+
+
+def _swiotlb_area(memory: int, vcpus: int, start: int, limit: int) -> int:
+    """Size of each vCPU's area: the Linux pool size clamped to what fits in [start, limit),
+    split into ``vcpus`` areas of whole 2 MiB chunks (callers make sure one chunk each fits)."""
+    pool = min(swiotlb_size(memory), _align_down(limit - start, CHUNK))
+    return _align_down(pool // vcpus, CHUNK)
+
+
+@workload("swiotlb", "Linux SWIOTLB: 6% of memory clamped to [64 MiB, 1 GiB] converted to shared once in 2 MiB "
+                     "chunks, then streaming DMA through it with no further conversion")
+def _swiotlb(memory, vcpus, seed, scale, reserved):
+    start = _align_up(reserved, CHUNK)
+    need = start + vcpus * CHUNK
+    if need > memory:
+        raise _too_small("swiotlb", memory, vcpus, reserved, need)
+    area = _swiotlb_area(memory, vcpus, start, memory)
+    mappings = _split(max(vcpus, round(SWIOTLB_MAPPINGS * scale)), vcpus)
+    out = []
+    for v in range(vcpus):
+        base = start + v * area
+        out.append(_bulk_convert_steps(base, area, "shared", v)
+                   + _swiotlb_stream_steps(_rng("swiotlb", seed, v), base, area, v, mappings[v]))
+    return _merge(out)
+
+
+def _accept_split(vcpus: int, base: int, limit: int) -> list[tuple[int, int]]:
+    """Per-vCPU (base, size) parts of the unaccepted region [base, limit), in whole 2 MiB units
+    (callers make sure there is at least one unit per vCPU)."""
+    units = (limit - base) // CHUNK
+    parts, gpa = [], base
+    for count in _split(units, vcpus):
+        parts.append((gpa, count * CHUNK))
+        gpa += count * CHUNK
+    return parts
+
+
+@workload("accept", "Linux lazy acceptance: an unaccepted (shared) region converted to private in 4 MiB chunks "
+                    "on first use (convert + touch + write, verified later)")
+def _accept(memory, vcpus, seed, scale, reserved):
+    start = _align_up(reserved, CHUNK)
+    need = start + vcpus * CHUNK
+    if need > _align_down(memory, CHUNK):
+        raise _too_small("accept", memory, vcpus, reserved, need)
+    parts = _accept_split(vcpus, start, _align_down(memory, CHUNK))
+    fraction = min(1.0, scale)
+    return _merge([_accept_steps(_rng("accept", seed, v), base, size, v, fraction)
+                   for v, (base, size) in enumerate(parts)])
+
+
+@workload("coherent", "dma_alloc_coherent: many 1-4 page shared allocations, used a while; most freed back to "
+                      "private later, some (virtqueues) never")
+def _coherent(memory, vcpus, seed, scale, reserved):
+    start = _align_up(reserved, CHUNK)
+    need = start + vcpus * COHERENT_WINDOW
+    if need > memory:
+        raise _too_small("coherent", memory, vcpus, reserved, need)
+    total = max(vcpus, round(COHERENT_ALLOCATIONS * scale))
+    return _merge([_coherent_steps(_rng("coherent", seed, v), start + v * COHERENT_WINDOW, v, n)
+                   for v, n in enumerate(_split(total, vcpus))])
+
+
+@workload("random", "seeded stress: overlapping conversions from all vCPUs in one shared window, plus random "
+                    "conversions and data ops in per-vCPU windows")
+def _random(memory, vcpus, seed, scale, reserved):
+    start = _align_up(reserved, CHUNK)
+    shared_base = _align_up(start + vcpus * RANDOM_OWN_WINDOW, CHUNK)
+    shared_size = min(RANDOM_SHARED_WINDOW, memory - shared_base)
+    if shared_size < CHUNK:
+        raise _too_small("random", memory, vcpus, reserved, shared_base + CHUNK)
+    total = max(vcpus, round(RANDOM_OPS * scale))
+    return _merge([_random_steps(_rng("random", seed, v), start + v * RANDOM_OWN_WINDOW, RANDOM_OWN_WINDOW,
+                                 shared_base, shared_size, v, n)
+                   for v, n in enumerate(_split(total, vcpus))])
+
+
+def _scatter_steps(rng: random.Random, pages: list[int], vcpu: int) -> list[Step]:
+    """One vCPU's pages: to shared, the device writes, the guest checks; back to private, the
+    guest writes; every private page checked at the end."""
+    steps: list[Step] = []
+    written = []
+    for page in pages:
+        gpa, shared, private = page * PAGE_SIZE, _pattern(rng), _pattern(rng)
+        steps.append([convert(gpa, PAGE_SIZE, "shared", vcpu), dma_in(gpa, PAGE_SIZE, shared, vcpu),
+                      verify(gpa, PAGE_SIZE, "shared", shared, vcpu), dma_out(gpa, PAGE_SIZE, shared, vcpu),
+                      convert(gpa, PAGE_SIZE, "private", vcpu), write(gpa, PAGE_SIZE, "private", private, vcpu)])
+        written.append((gpa, private))
+    steps.append([verify(gpa, PAGE_SIZE, "private", pattern, vcpu) for gpa, pattern in written])
+    return steps
+
+
+@workload("scatter", "big-guest check: pages scattered over all of RAM (the first and the last page included) "
+                     "converted to shared, DMA'd and verified, then back to private, written and verified")
+def _scatter(memory, vcpus, seed, scale, reserved):
+    first, last = -(-reserved // PAGE_SIZE), memory // PAGE_SIZE - 1
+    count = min(last - first + 1, max(2 * vcpus, round(SCATTER_PAGES * scale)))
+    if last - first + 1 < 2 * vcpus:
+        raise _too_small("scatter", memory, vcpus, reserved, reserved + 2 * vcpus * PAGE_SIZE)
+    rng = _rng("scatter", seed)
+    chosen = {first, last}
+    while len(chosen) < count:
+        chosen.add(rng.randint(first, last))
+    pages = sorted(chosen)
+    return _merge([_scatter_steps(_rng("scatter", seed, v), pages[v::vcpus], v) for v in range(vcpus)])
 
 
 def generate(name: str = DEFAULT_WORKLOAD, memory: int = 1 * GiB, vcpus: int = 1, seed: int = 0,
@@ -600,11 +615,7 @@ def generate(name: str = DEFAULT_WORKLOAD, memory: int = 1 * GiB, vcpus: int = 1
         raise InvalidArgument("reserved", reserved, "must be a page-aligned integer >= 0")
     if reserved >= memory:
         raise InvalidArgument("reserved", reserved, f"must be below memory ({memory:#x})")
-    if name == "boot":
-        firmware, kernel = _boot(memory, vcpus, seed, scale, reserved)
-        ops = _merge(firmware) + _merge(kernel)
-    else:
-        ops = _merge(_BUILDERS[name](memory, vcpus, seed, scale, reserved))
+    ops = GENERATORS[name].build(memory, vcpus, seed, scale, reserved)
     return Trace.on_map(name, memory_map, vcpus, _place(ops, memory_map)).validate()
 
 

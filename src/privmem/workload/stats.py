@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO
 
-from ..convert.policies import LazyPolicy
+from ..convert.policies.lazy import DEFAULT_MAX_AGE
 from ..errors import InvalidArgument
 from ..memmap import GuestMemoryMap
 from ..ops import KINDS
@@ -31,7 +31,7 @@ from ..units import GiB, KiB, MiB, PAGE_SHIFT, TiB, format_size
 from .history import ConversionHistory, is_noop
 from .trace import TraceReader
 
-DEFAULT_FLIP_MS = LazyPolicy.max_age * 1000      # what lazy would reclaim for free by default
+DEFAULT_FLIP_MS = DEFAULT_MAX_AGE * 1000      # what lazy would reclaim for free by default
 _VCPUS_SHOWN = 16
 _NANOSECOND = 1e-9
 
