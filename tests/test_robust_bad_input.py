@@ -204,6 +204,14 @@ API_CASES = {
                                           InvalidArgument, r"gpa=0x400200: must be 4 KiB aligned"),
     "engine.convert size 0": Case("host", lambda m: m.engine.convert(BASE, 0, False),
                                   InvalidArgument, r"size=0x0: must be > 0"),
+    "engine.convert side not a bool": Case("host", lambda m: m.engine.convert(BASE, PAGE, "yes"),
+                                           InvalidArgument, r"to_private='yes': must be True or False"),
+    "engine.convert side 1": Case("host", lambda m: m.engine.convert(BASE, PAGE, 1),
+                                  InvalidArgument, r"to_private=1: must be True or False"),
+    "engine.convert vcpu not an int": Case("host", lambda m: m.engine.convert(BASE, PAGE, True, "0"),
+                                           InvalidArgument, r"vcpu='0': must be an integer >= 0"),
+    "engine.convert size a float": Case("host", lambda m: m.engine.convert(BASE, 4096.0, True),
+                                        InvalidArgument, r"size=4096.0: must be an integer"),
     "engine.populate after launch": Case("host", _fresh_engine_after_launch("populate"), InvalidState,
                                          r"populate is refused after launch"),
     "engine.set_initial after launch": Case("host", _fresh_engine_after_launch("set_initial"), InvalidState,
@@ -493,7 +501,7 @@ CLI_CASES = {
     "missing trace file": (["run", "--backend", "host", "--trace", "/nonexistent/t.jsonl"], 2,
                            r"trace='/nonexistent/t\.jsonl': no such file"),
     "memory too small for the workload": (["run", "--backend", "host", "--workload", "random", "--memory", "2M"], 2,
-                                          r"privmem: memory=0x200000: too small for workload 'random'"),
+                                          r"privmem: memory=2.0 MiB: too small for workload 'random'"),
 }
 
 

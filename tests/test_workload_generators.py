@@ -9,6 +9,7 @@ from privmem import PAGE_SIZE, InvalidArgument
 from privmem.workload import (DEFAULT_WORKLOAD, RESERVED, WORKLOADS, Op, Trace, check_trace, generate, summary,
                               swiotlb_size)
 from privmem.workload.generators import boot_layout
+from privmem.units import parse_size
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -246,7 +247,7 @@ def test_too_small_memory(name):
     with pytest.raises(InvalidArgument) as info:
         generate(name, PAGE_SIZE, 2)
     assert info.value.field == "memory" and "needs at least" in str(info.value)
-    needed = int(str(info.value).split("needs at least ")[1].split()[0], 16)
+    needed = parse_size(str(info.value).split("(--memory ")[1].rstrip(")"))
     generate(name, max(needed, 32 * MiB) if name == "boot" else needed, 2, scale=0.05)
 
 

@@ -27,6 +27,15 @@ def shown(value: object, hex_value: bool = False) -> str:
     return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
 
 
+def format_bytes(nbytes: float) -> str:
+    """Human-readable binary size: 1.0 GiB, 32.0 MiB, 512 B (``privmem.units.format_size``;
+    defined here, the bottom layer, so errors can show sizes)."""
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(nbytes) >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{int(nbytes)} B"
+
+
 class InvalidArgument(PrivmemError, ValueError):
     """A caller (API, guest, trace file, CLI) passed a value that is not allowed.
 
@@ -34,11 +43,14 @@ class InvalidArgument(PrivmemError, ValueError):
     clipped and escaped by ``shown``).
     """
 
-    def __init__(self, field: str, value: object, why: str = "invalid", *, hex_value: bool = True):
+    def __init__(self, field: str, value: object, why: str = "invalid", *, hex_value: bool = True,
+                 as_size: bool = False):
         self.field = field
         self.value = value
         self.why = why
-        super().__init__(f"{field}={shown(value, hex_value)}: {why}")
+        # ``as_size``: a byte count the user gave as a size, shown back as one (3.0 GiB).
+        text = format_bytes(value) if as_size and isinstance(value, int) else shown(value, hex_value)
+        super().__init__(f"{field}={text}: {why}")
 
 
 class InvalidState(PrivmemError, RuntimeError):

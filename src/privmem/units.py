@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, format_bytes
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -23,6 +23,7 @@ TiB = 1 << 40
 
 _SUFFIXES = {"": 1, "B": 1, "K": KiB, "KB": KiB, "KIB": KiB, "M": MiB, "MB": MiB, "MIB": MiB,
              "G": GiB, "GB": GiB, "GIB": GiB, "T": TiB, "TB": TiB, "TIB": TiB}
+format_size = format_bytes      # human-readable binary size: 1.0 GiB, 32.0 MiB, 512 B
 _SIZE_RE = re.compile(r"^\s*(0x[0-9a-fA-F]+|\d+)\s*([A-Za-z]*)\s*$")
 
 
@@ -46,9 +47,10 @@ def parse_size(text: str | int, field: str = "size") -> int:
     return int(match.group(1), 0) * _SUFFIXES[match.group(2).upper()]
 
 
-def format_size(nbytes: float) -> str:
-    """Human-readable binary size: 1.0 GiB, 32.0 MiB, 512 B."""
-    for unit, scale in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if abs(nbytes) >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{int(nbytes)} B"
+def format_size_exact(nbytes: int) -> str:
+    """A size as it can be typed back exactly: the largest binary unit that divides it (8M,
+    1602M, 4096)."""
+    for suffix, unit in (("T", TiB), ("G", GiB), ("M", MiB), ("K", KiB)):
+        if nbytes >= unit and nbytes % unit == 0:
+            return f"{nbytes // unit}{suffix}"
+    return str(nbytes)

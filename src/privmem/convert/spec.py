@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import InvalidArgument
-from ..units import ADDRESS_LIMIT, GiB, KiB, MiB, TiB, parse_size
+from ..units import ADDRESS_LIMIT, format_size_exact, parse_size
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 PARAM_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -50,13 +50,6 @@ def _parse_size(text: str) -> int:
         return parse_size(text)
     except InvalidArgument as error:
         raise ValueError(error.why) from None
-
-
-def _format_size(nbytes: int) -> str:
-    for suffix, unit in (("T", TiB), ("G", GiB), ("M", MiB), ("K", KiB)):
-        if nbytes >= unit and nbytes % unit == 0:
-            return f"{nbytes // unit}{suffix}"
-    return str(nbytes)
 
 
 _TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "µs": 1_000_000}
@@ -94,7 +87,7 @@ def _parse_float(text: str) -> float:
         raise ValueError("not a number (e.g. 0.5)") from None
 
 
-SIZE = Kind("size", "8M", _parse_size, _format_size, (int,), limit=ADDRESS_LIMIT)
+SIZE = Kind("size", "8M", _parse_size, format_size_exact, (int,), limit=ADDRESS_LIMIT)
 TIME = Kind("time", "20ms", _parse_time, _format_time, (int, float))
 INT = Kind("int", "64", _parse_int, str, (int,))
 FLOAT = Kind("float", "0.5", _parse_float, repr, (int, float))
@@ -113,7 +106,7 @@ class ShareOfMemory:
         return max(memory * self.percent // 100, self.at_least)
 
     def __str__(self) -> str:
-        return f"{self.percent}% of guest memory" + (f", at least {_format_size(self.at_least)}"
+        return f"{self.percent}% of guest memory" + (f", at least {format_size_exact(self.at_least)}"
                                                      if self.at_least else "")
 
 

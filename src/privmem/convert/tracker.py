@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from ..attrs.ranges import MemoryAttributes
 from ..attrs.validate import ATTR_PRIVATE, check_range
-from ..errors import Busy, InvalidState
+from ..errors import Busy, InvalidArgument, InvalidState
 from ..memmap import GpaRange
 from ..units import PAGE_SHIFT
 
@@ -96,7 +96,13 @@ class ConversionTracker:
         return self.request_range(GpaRange(gpa, size), private, vcpu)
 
     def request_range(self, where: GpaRange, private: bool, vcpu: int = 0) -> Request:
-        """``request`` for a range already validated (a ``GpaRange``)."""
+        """``request`` for a range already validated (a ``GpaRange``).  The side and the vCPU
+        come from callers (the API), so their types are checked here, where every conversion
+        enters: a truthy string is not a side."""
+        if not isinstance(private, bool):
+            raise InvalidArgument("to_private", private, "must be True or False", hex_value=False)
+        if isinstance(vcpu, bool) or not isinstance(vcpu, int) or vcpu < 0:
+            raise InvalidArgument("vcpu", vcpu, "must be an integer >= 0", hex_value=False)
         gpa, size = where
         end = gpa + size
         with self._lock:
@@ -105,7 +111,7 @@ class ConversionTracker:
                     self._refuse_overlap(gpa, end, (other,), "request")
             if self._pins:
                 self._refuse_overlap(gpa, end, self._pins.values(), "pin")
-            request = Request(next(self._ids), gpa, size, bool(private), vcpu)
+            request = Request(next(self._ids), gpa, size, private, vcpu)
             self._inflight[request.id] = request
             return request
 

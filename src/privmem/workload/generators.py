@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from ..errors import InvalidArgument
 from ..memmap import GuestMemoryMap
 from ..registry import Registry
-from ..units import GiB, MiB, PAGE_SIZE, is_page_aligned
+from ..units import GiB, MiB, PAGE_SIZE, format_size, format_size_exact, is_page_aligned
 from .model import summary
 from ..ops import Op, Trace, check_memory, check_vcpus, convert, dma_in, dma_out, touch, verify, write
 
@@ -120,8 +120,9 @@ def _pattern(rng: random.Random) -> int:
 
 
 def _too_small(name: str, memory: int, vcpus: int, reserved: int, need: int) -> InvalidArgument:
-    return InvalidArgument("memory", memory, f"too small for workload {name!r} with {vcpus} vCPU(s) and "
-                           f"reserved={reserved:#x}: needs at least {need:#x} ({need // MiB} MiB)")
+    kept = f", {format_size(reserved)} of it kept by the caller" if reserved else ""
+    return InvalidArgument("memory", memory, f"too small for workload {name!r} with {vcpus} vCPU(s){kept}: it "
+                           f"needs at least {format_size(need)} (--memory {format_size_exact(need)})", as_size=True)
 
 
 def _merge(per_vcpu_steps: list[list[Step]]) -> list[Op]:
@@ -490,7 +491,7 @@ def _ovmf_dma(memory, vcpus, seed, scale, reserved):
 def _swiotlb_area(memory: int, vcpus: int, start: int, limit: int) -> int:
     """Size of each vCPU's area: the Linux pool size clamped to what fits in [start, limit),
     split into ``vcpus`` areas of whole 2 MiB chunks (callers make sure one chunk each fits)."""
-    pool = min(swiotlb_size(memory), _align_down(limit - start, CHUNK))
+    pool = min(max(swiotlb_size(memory), vcpus * CHUNK), _align_down(limit - start, CHUNK))
     return _align_down(pool // vcpus, CHUNK)
 
 
