@@ -90,6 +90,24 @@ def test_bench_flipflop_json_carries_the_envelope(tmp_path, capsys):
     assert doc["requested"]["flips"] == 20 and [row["policy"] for row in doc["results"]] == list(POLICIES)
 
 
+@pytest.mark.kvm
+def test_bench_throughput_compares_vcpu_counts_in_the_envelope(tmp_path, capsys):
+    path = tmp_path / "t.json"
+    assert main(["bench", "throughput", "--conversions", "200", "--repeat", "1", "--policies", "never",
+                 "--json-out", str(path)]) == 0
+    doc = json.loads(path.read_text())
+    assert_envelope(doc, "bench-throughput")
+    assert [(row["vcpus"], row["policy"]) for row in doc["results"]] == [(1, "never"), (2, "never")]
+    assert all(row["conversions"] == 200 * row["vcpus"] and row["conversions_per_s"] > 0 for row in doc["results"])
+    assert "never: 2 vCPUs convert" in capsys.readouterr().out
+
+
+def test_bench_throughput_refuses_counts_without_one_first(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "throughput", "--vcpus", "2,4"])
+    assert "vcpus='2,4': give distinct counts, 1 first" in capsys.readouterr().err
+
+
 def test_the_kvm_module_comes_from_sysfs_or_proc_modules(tmp_path):
     sysfs = tmp_path / "module"
     (sysfs / "kvm").mkdir(parents=True)

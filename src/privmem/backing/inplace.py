@@ -1,8 +1,9 @@
 """One file for both views of guest memory: the in-place conversion backing.
 
-The in-place conversion series (reference section 3) keeps shared and private state per page
-inside guest_memfd itself: one physical page serves both states, so a conversion allocates
-nothing and discards nothing.  ``InPlaceBacking`` holds one guest_memfd (MMAP | INIT_SHARED;
+The in-place conversion series ("[PATCH v7 00/42] guest_memfd: In-place conversion
+support", kvm@vger.kernel.org, May 2026) keeps shared and private state per page inside
+guest_memfd itself: one physical page serves both states, so a conversion allocates nothing
+and discards nothing.  ``InPlaceBacking`` holds one guest_memfd (MMAP | INIT_SHARED;
 or a memfd stand-in where there is no KVM) and two MAP_SHARED mappings of it:
 
 * the **private view** (``private_hva``): read/write always; KVM's userspace_addr for the

@@ -86,6 +86,19 @@ def cmd_bench_player(args) -> int:
     return 0
 
 
+def cmd_bench_throughput(args) -> int:
+    from ..bench import throughput
+
+    check_outputs(args, "json_out")
+    resolve_backend("kvm", "privmem bench throughput")
+    with progress("privmem bench throughput", len(args.vcpus_list) * len(args.policies) * args.repeat) as shown:
+        results = throughput.run(args.vcpus_list, args.policies, args.conversions, args.repeat,
+                                 progress=shown.advance)
+    _report(throughput, results, args, backend="kvm", vcpus=list(args.vcpus_list), policies=list(args.policies),
+            repeat=args.repeat, conversions=args.conversions, memory=throughput.MEMORY)
+    return 0
+
+
 def cmd_bench_flipflop(args) -> int:
     from ..bench import flipflop
 
@@ -123,8 +136,15 @@ def cmd_advise(args) -> int:
     return 1 if any(row["data_errors"] or row["dma_errors"] for row in doc["rows"]) else 0
 
 
+def _check_vcpu_counts(counts: tuple[int, ...]) -> tuple[int, ...]:
+    if not counts or counts[0] != 1 or len(set(counts)) != len(counts):
+        raise InvalidArgument("vcpus", ",".join(map(str, counts)), "give distinct counts, 1 first (the ratios' "
+                              "base), e.g. 1,2", hex_value=False)
+    return counts
+
+
 def add_parsers(commands) -> None:
-    from ..bench import advise, boot, flipflop, store
+    from ..bench import advise, boot, flipflop, store, throughput
     from ..bench.report import FORMATS
     from ..convert import POLICIES
     from ..workload import WORKLOADS
@@ -157,7 +177,7 @@ def add_parsers(commands) -> None:
     bench.add_argument("--wide", action="store_true", help="every column (the default table fits 80 columns)")
     bench.set_defaults(handler=cmd_bench)
 
-    kinds = bench.add_subparsers(dest="bench_kind", metavar="{store,flipflop,parse,player}",
+    kinds = bench.add_subparsers(dest="bench_kind", metavar="{store,flipflop,throughput,parse,player}",
                                  title="other benchmarks")
     guests = tuple(store.GUESTS)
     kind = kinds.add_parser("store", help="the attribute store vs a bitmap, a per-page map and the kernel's XArray",
@@ -176,6 +196,19 @@ def add_parsers(commands) -> None:
     kind.add_argument("--json-out", metavar=a.FILE, default="privmem-bench-flipflop.json",
                       help="the saved result (default: %(default)s)")
     kind.set_defaults(handler=cmd_bench_flipflop)
+    kind = kinds.add_parser("throughput", help="one-page conversions per second with 1 and 2 vCPUs (kvm)")
+    kind.add_argument("--vcpus", dest="vcpus_list", type=a.listed("vcpus", a.count("vcpus", maximum=64),
+                                                                  _check_vcpu_counts), metavar="COUNTS",
+                      default=(1, 2), help="comma list of vCPU counts, 1 first (default: 1,2)")
+    kind.add_argument("--policies", type=policy_names("policies"), metavar="SPECS", default=("never", "eager"),
+                      help="comma list of policies (default: never,eager)")
+    kind.add_argument("--conversions", type=a.count("conversions", minimum=2, maximum=throughput.MAX_CONVERSIONS),
+                      metavar=a.COUNT, default=20_000, help="conversions per vCPU per round (default: %(default)s)")
+    kind.add_argument("--repeat", type=a.count("repeat", maximum=boot.MAX_REPEAT), metavar=a.COUNT, default=3,
+                      help="interleaved rounds (default: %(default)s)")
+    kind.add_argument("--json-out", metavar=a.FILE, default="privmem-bench-throughput.json",
+                      help="the saved result (default: %(default)s)")
+    kind.set_defaults(handler=cmd_bench_throughput)
     kind = kinds.add_parser("parse", help="trace parsing rate: msgspec (the reader) vs the standard library")
     kind.add_argument("--scale", type=a.number("scale", maximum=100), metavar="X", default=5.0,
                       help="size of the random trace parsed, at most 100 (default: %(default)s: 50k ops)")

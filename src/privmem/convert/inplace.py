@@ -1,9 +1,9 @@
 """In-place conversion: one guest_memfd serves both views, so a conversion allocates nothing,
 discards nothing, and double allocation is zero by construction.
 
-The engine follows the in-place series' semantics (reference section 3), in software where
-the host lacks KVM_SET_MEMORY_ATTRIBUTES2 (this one does; ``native`` issues it where it
-exists):
+The engine follows the semantics of the in-place series ("guest_memfd: In-place conversion
+support", v7, May 2026), in software where the host has no KVM_SET_MEMORY_ATTRIBUTES2 (as
+this one has not; ``native`` issues it where it exists):
 
 * **validation order** of ``set_memory_attributes2(offset, size, attributes, flags)``: flags,
   unknown attribute bits, size 0 or overflow, alignment, the range outside the file, all

@@ -1,5 +1,6 @@
 """ioctls on a guest_memfd fd: the in-place conversion series' KVM_SET_MEMORY_ATTRIBUTES2
-(reference sections 3 and 9; NOT MERGED, numbers provisional).
+(from "[PATCH v7 00/42] guest_memfd: In-place conversion support", kvm@vger.kernel.org, May
+2026: NOT MERGED, numbers provisional).
 
 ``set_memory_attributes2`` is the thin wrapper; ``probe_memory_attributes2`` asks the kernel
 whether it has the ioctl at all without changing anything: it issues a request with a flag
@@ -37,7 +38,7 @@ def probe_memory_attributes2(fd: int) -> tuple[bool, str]:
         return True, "accepted a request with flags set (unexpected)"
     err = get_errno()
     if err == errno.ENOTTY:
-        return False, "ENOTTY: this kernel has no KVM_SET_MEMORY_ATTRIBUTES2 (in-place conversion not merged)"
+        return False, "ENOTTY: not in this kernel"
     if err == errno.EINVAL:
         return True, "EINVAL for flags != 0: the ioctl exists"
     return False, f"{errno.errorcode.get(err, err)}: unexpected answer"

@@ -194,9 +194,9 @@ def format_info(info: dict) -> str:
          if info["gpa_width"] else "unknown"),
         ("1 GiB pages for the guest", yes(info["huge_pages_1g"])),
         ("long mode for the guest", yes(info["long_mode"])),
-        ("in-place conversion (KVM_SET_MEMORY_ATTRIBUTES2)",
+        ("SET_MEMORY_ATTRIBUTES2 (in-place)",
          (yes(info["memory_attributes2"]["offered"]) + f" ({info['memory_attributes2']['why']})")
          if info.get("memory_attributes2") else "unknown"),
     ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    width = max(len(k) for k, _ in rows) + 1
+    return "\n".join(f"{k + ':':<{width}} {v}" for k, v in rows)

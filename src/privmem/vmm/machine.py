@@ -198,7 +198,7 @@ class Machine:
         gmem = vm.create_guest_memfd(ram, gmem_flags)
         if self.backing == "in-place":
             # One guest_memfd, both views: the alias slot's userspace_addr is a second mapping
-            # of the same file (reference section 5 probed this), so no second backing exists.
+            # of the same file (probed on this host: docs/design.md), so no second backing exists.
             from ..backing.inplace import InPlaceBacking
             try:
                 self.private = self.shared = InPlaceBacking.from_guest_memfd(gmem, ram,

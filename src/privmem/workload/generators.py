@@ -1,4 +1,4 @@
-"""Seeded, deterministic workload generators modelled on real guests (reference §6).
+"""Seeded, deterministic workload generators modelled on real guests (docs/workloads-and-policies.md).
 
 ``generate(name, memory, vcpus, seed=0, scale=1.0, reserved=0, layout=None, memory_map=None)
 -> Trace``.  The workloads are registered by name (``GENERATORS``, filled by ``@workload``;
