@@ -1,5 +1,5 @@
 """The kernel's guest_memfd_test (tools/testing/selftests/kvm/guest_memfd_test.c, 6.18 form;
-reference section 8.3) scenarios that apply on this host, against the real kernel.
+docs/selftests.md) scenarios that apply on this host, against the real kernel.
 
 Each check uses a fresh 4-page guest_memfd.  SIGBUS scenarios run in a child interpreter
 and check that it died of SIGBUS.  Step 10 (guest case) is covered by

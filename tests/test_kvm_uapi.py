@@ -1,5 +1,5 @@
 """Pin every uAPI struct size, field offset and ioctl number against the reference table
-(/work/shared/reference/kvm-private-memory.md section 1), plus the constants."""
+(include/uapi/linux/kvm.h and arch/x86/include/uapi/asm/kvm.h), plus the constants."""
 
 import ctypes
 
@@ -69,7 +69,7 @@ IOCTLS = {
     "KVM_GET_REGS": 0x8090AE81, "KVM_SET_REGS": 0x4090AE82,
     "KVM_GET_SREGS": 0x8138AE83, "KVM_SET_SREGS": 0x4138AE84, "KVM_SET_TSS_ADDR": 0xAE47,
     "KVM_GET_SUPPORTED_CPUID": 0xC008AE05, "KVM_SET_CPUID2": 0x4008AE90, "KVM_SET_GUEST_DEBUG": 0x4048AE9B,
-    "KVM_SET_MEMORY_ATTRIBUTES2": 0xC080AED2,           # reference section 3 (provisional)
+    "KVM_SET_MEMORY_ATTRIBUTES2": 0xC080AED2,           # the in-place series, v7 (provisional)
 }
 
 

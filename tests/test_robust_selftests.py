@@ -1,4 +1,4 @@
-"""Kernel selftest scenarios (reference section 8) that tests/test_vmm_*.py and
+"""Kernel selftest scenarios (docs/selftests.md) that tests/test_vmm_*.py and
 tests/test_backing_guest_memfd*.py did not cover yet; docs/selftests.md maps every step.
 
 * 8.1 private_mem_conversions_test: the do_fallocate=true pass (conversions that punch the

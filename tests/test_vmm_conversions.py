@@ -1,4 +1,4 @@
-"""The kernel selftest private_mem_conversions_test (reference section 8.1), adapted to this
+"""The kernel selftest private_mem_conversions_test (tools/testing/selftests/kvm/x86/), adapted to this
 machine and run on real KVM with 1, 2 and 4 vCPUs at once.
 
 Each vCPU owns a window W of 2 MiB + 4 KiB (windows 4 MiB apart, 2 MiB aligned).  For each
