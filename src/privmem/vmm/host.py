@@ -30,7 +30,8 @@ from ..memmap import GpaRange, GuestMemoryMap
 from ..threads import join_all, start_all
 from . import program
 from .device import REFUSALS, DmaRequest, compare, fill
-from .machine import MAX_FAILURES, check_backing, check_machine_size, make_in_place_engine, resolve_memory_map
+from .front import MachineFront
+from .machine import check_backing, check_machine_size, make_in_place_engine, resolve_memory_map
 from .program import (K_CONVERT, K_CONVERT_PAGE, K_DELAY, K_DMA_IN, K_DMA_OUT, K_EXITS, K_TOUCH, K_VERIFY,
                       K_WRITE, view_of)
 from .result import OpsResult
@@ -39,7 +40,7 @@ from .vcpus import VcpuStats
 _BUSY_SLEEP = 20e-6
 
 
-class HostMachine:
+class HostMachine(MachineFront):
     """``HostMachine(memory="64M", vcpus=1, engine=None, policy="never", *, layout=None,
     memory_map=None, initial="private")``: the machine's interface (``run_ops``,
     ``shared_read``, ``shared_write``, ``shared_matches``, ``engine``, ``memory_map``, the
@@ -91,38 +92,8 @@ class HostMachine:
 
     # -- counters ----------------------------------------------------------------------------
 
-    def _total(self, name: str) -> int:
-        return sum(getattr(s, name) for s in self.stats)
-
-    @property
-    def exits(self) -> int:
-        return sum(sum(s.exits) for s in self.stats)
-
-    psc_retries = property(lambda self: self._total("psc_retries"))
-    data_errors = property(lambda self: self._total("data_errors"))
-    dma_errors = property(lambda self: self._total("dma_errors"))
-    conversions = property(lambda self: self._total("conversions"))
-
     def stopping(self) -> bool:
         return self._stopping
-
-    def record_failure(self, index: int, kind: str, **details) -> None:
-        if len(self.failures) < MAX_FAILURES:
-            self.failures.append(dict(vcpu=index, kind=kind, **details))
-
-    # -- device access ------------------------------------------------------------------
-
-    def shared_read(self, gpa: int, n: int) -> bytes:
-        """Device read through the shared view; AccessDenied if any touched page is private."""
-        return b"".join(self.shared.read(offset, size) for offset, size in self.engine.check_device_access(gpa, n))
-
-    def shared_write(self, gpa: int, data: bytes) -> None:
-        """Device write through the shared view; AccessDenied if any touched page is private."""
-        data = memoryview(bytes(data))
-        done = 0
-        for offset, size in self.engine.check_device_access(gpa, len(data)):
-            self.shared.write(offset, data[done:done + size])
-            done += size
 
     def shared_matches(self, gpa: int, size: int, pattern: int) -> bool:
         """True if every byte of the shared view of the range is ``pattern`` (the Python guest
@@ -221,21 +192,6 @@ class HostMachine:
             self.record_failure(index, "dma_out", gpa=gpa + first, expected=record.pattern, actual=actual,
                                 mismatched_bytes=wrong)
 
-    def run_ops(self, ops, timeout: float | None = None, timing: str = "none") -> OpsResult:
-        """Run ``ops`` (a ``Program`` or Op objects); every vCPU runs its own ops in order, in a
-        thread of its own.  Raises what a vCPU raised, ``Interrupted`` on timeout or
-        ``close()``, KeyboardInterrupt once every thread has stopped."""
-        compiled = ops if isinstance(ops, program.Program) else \
-            program.Program.compile(ops, self.memory_map, self.vcpus, timing)
-        try:
-            if compiled.memory_map != self.memory_map or compiled.vcpus > self.vcpus:
-                raise InvalidArgument("program", compiled, f"compiled for another machine than this one "
-                                      f"({self.memory_map.describe()}, {self.vcpus} vCPUs)", hex_value=False)
-            return self._run_program(compiled, timeout)
-        finally:
-            if compiled is not ops:
-                compiled.close()
-
     def _run_program(self, compiled, timeout: float | None) -> OpsResult:
         if not self._busy.acquire(blocking=False):
             raise InvalidState("run_ops is already running on this machine")
@@ -319,16 +275,6 @@ class HostMachine:
             for backing in (self.private, self.shared):
                 if backing is not None:
                     backing.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<HostMachine {self.memory_map.describe()} vcpus={self.vcpus}{' closed' if self._closed else ''}>"

@@ -46,6 +46,7 @@ from . import firmware, program
 from .device import DeviceModel, compare
 from .exits import ExitHandlers
 from .firmware import FirmwareLayout
+from .front import MachineFront
 from .guest import load as load_guest
 from .result import OpsResult
 from .ring import OpRing
@@ -53,7 +54,6 @@ from .vcpus import VcpuRunner, VcpuStats
 
 MAX_MEMORY = 4 * TiB
 MAX_VCPUS = 64
-MAX_FAILURES = 100
 ATTR_PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
 _DISPATCH_ENTRIES = 256
 _EXIT_NAMES = uapi.EXIT_REASON_NAMES
@@ -115,7 +115,7 @@ def _segment(seg, selector: int, type_: int, long_mode: bool) -> None:
     seg.l, seg.db = (1, 0) if long_mode else (0, 1)
 
 
-class Machine:
+class Machine(MachineFront):
     """``Machine(memory="64M", vcpus=1, engine=None, policy="never", *, layout="flat",
     memory_map=None, initial="private", data_check="sampled")``.
 
@@ -326,10 +326,6 @@ class Machine:
         return self._vcpus[index]
 
     @property
-    def exits(self) -> int:
-        return sum(sum(s.exits) for s in self.stats)
-
-    @property
     def exit_counts(self) -> dict[str, int]:
         """Exits per reason name (only reasons seen)."""
         out: dict[str, int] = {}
@@ -340,14 +336,6 @@ class Machine:
                     out[name] = out.get(name, 0) + count
         return out
 
-    def _total(self, name: str) -> int:
-        return sum(getattr(s, name) for s in self.stats)
-
-    psc_errors = property(lambda self: self._total("psc_errors"), doc="malformed PSC requests refused")
-    psc_retries = property(lambda self: self._total("psc_retries"), doc="PSC requests answered 'retry'")
-    data_errors = property(lambda self: self._total("data_errors"), doc="verify / dma_out mismatches")
-    dma_errors = property(lambda self: self._total("dma_errors"), doc="device requests refused")
-    conversions = property(lambda self: self._total("conversions"), doc="guest conversions the engine took")
     psc_handler_ns = property(lambda self: self._total("psc_ns"),
                               doc="nanoseconds spent handling PSC exits (parse, validate, convert, write back)")
 
@@ -364,10 +352,6 @@ class Machine:
     def stopping(self) -> bool:
         return self.runner.stopping
 
-    def record_failure(self, index: int, kind: str, **details) -> None:
-        if len(self.failures) < MAX_FAILURES:
-            self.failures.append(dict(vcpu=index, kind=kind, **details))
-
     # -- conversions and host (device) access -------------------------------------------
 
     def convert_for_guest(self, index: int, where: GpaRange, to_private: bool):
@@ -376,19 +360,6 @@ class Machine:
         conversion = self.engine.convert_range(where, to_private, index)
         self.stats[index].conversions += 1
         return conversion
-
-    def shared_read(self, gpa: int, n: int) -> bytes:
-        """Device read of guest RAM through the shared view (memfd); AccessDenied if any
-        touched page is private, InvalidArgument outside RAM.  ``gpa`` has no shared bit."""
-        return b"".join(self.shared.read(offset, size) for offset, size in self.engine.check_device_access(gpa, n))
-
-    def shared_write(self, gpa: int, data: bytes) -> None:
-        """Device write through the shared view; AccessDenied if any touched page is private."""
-        data = memoryview(bytes(data))
-        done = 0
-        for offset, size in self.engine.check_device_access(gpa, len(data)):
-            self.shared.write(offset, data[done:done + size])
-            done += size
 
     def shared_matches(self, gpa: int, size: int, pattern: int) -> bool:
         """True if the shared view of [gpa, gpa + size) holds ``pattern`` by the rule DMA_OUT
@@ -401,22 +372,6 @@ class Machine:
         return compare(self.shared, pieces, pattern, self._data_check == "sampled", buffer) is None
 
     # -- running ----------------------------------------------------------------------
-
-    def run_ops(self, ops, timeout: float | None = None, timing: str = "none") -> OpsResult:
-        """Run ``ops`` (a ``Program``, or ``privmem.ops.Op`` objects, compiled here) with the
-        trace player; every vCPU runs its own ops in order.  Returns what happened; raises
-        what a handler raised (GuestError for a guest crash, ...), ``Interrupted`` on timeout
-        or ``close()``, KeyboardInterrupt once every vCPU has stopped."""
-        compiled = ops if isinstance(ops, program.Program) else \
-            program.Program.compile(ops, self.memory_map, self.vcpus, timing)
-        try:
-            if compiled.memory_map != self.memory_map or compiled.vcpus > self.vcpus:
-                raise InvalidArgument("program", compiled, f"compiled for another machine than this one "
-                                      f"({self.memory_map.describe()}, {self.vcpus} vCPUs)", hex_value=False)
-            return self._run_program(compiled, timeout)
-        finally:
-            if compiled is not ops:
-                compiled.close()
 
     def _run_program(self, compiled: program.Program, timeout: float | None) -> OpsResult:
         if not self._busy.acquire(blocking=False):
@@ -497,16 +452,6 @@ class Machine:
                 if part is not None:
                     part.close()
             self._empty.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __enter__(self) -> "Machine":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (f"<Machine {self.memory_map.describe()} vcpus={self.vcpus} shared_bit={getattr(self, 'shared_bit', 0):#x}"
