@@ -52,9 +52,9 @@ class _PlainProgress:
             of = f"/{self.total}" if self.total else ""
             print(f"{self.title}: [{self.done}{of}] {text}", file=sys.stderr, flush=True)
 
-    def status(self, text: str) -> None:
+    def status(self, text: str, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self.last >= PLAIN_EVERY:
+        if force or now - self.last >= PLAIN_EVERY:
             self.last = now
             print(f"{self.title}: {text}", file=sys.stderr, flush=True)
 
@@ -66,14 +66,15 @@ class _BarProgress:
     def advance(self, text: str, steps: int = 1) -> None:
         self.progress.update(self.task, advance=steps, description=text)
 
-    def status(self, text: str) -> None:
+    def status(self, text: str, force: bool = False) -> None:
         self.progress.update(self.task, description=text)
 
 
 @contextmanager
 def progress(title: str, total: int | None = None):
     """A progress reporter on stderr: a bar on a terminal (gone when done), plain lines
-    elsewhere.  ``advance(text)`` after each step, ``status(text)`` for what is running."""
+    elsewhere.  ``advance(text)`` after each step, ``status(text)`` for what is running (in a
+    pipe at most one line every PLAIN_EVERY seconds, unless ``force``)."""
     if not sys.stderr.isatty():
         yield _PlainProgress(title, total)
         return

@@ -65,16 +65,21 @@ def cmd_run(args) -> int:
                                   "ops; drop the option, or run a workload with --workload", hex_value=False)
         check_inputs(args, "trace")
     backend = resolve_backend(args.backend, "privmem run")
-    if args.trace:
-        program, name, warnings = open_trace(args.trace, args.timing)
-        for warning in warnings:
-            note(f"{args.trace}: {warning}")
-    else:
-        trace = generate(args.workload, memory=args.memory or (1 << 30), vcpus=args.vcpus or 1,
-                         seed=args.seed or 0, scale=args.scale or 1.0, layout=args.layout)
-        program, name = compile_trace(trace, args.timing), trace.name
-    with program:
-        result = run_program(program, name, args.policy, backend, tracking=args.tracking, backing=args.backing)
+    with progress("privmem run") as shown:
+        if args.trace:
+            shown.status(f"reading {args.trace}")
+            program, name, warnings = open_trace(args.trace, args.timing)
+            for warning in warnings:
+                note(f"{args.trace}: {warning}")
+        else:
+            shown.status(f"generating {args.workload}")
+            trace = generate(args.workload, memory=args.memory or (1 << 30), vcpus=args.vcpus or 1,
+                             seed=args.seed or 0, scale=args.scale or 1.0, layout=args.layout)
+            program, name = compile_trace(trace, args.timing), trace.name
+        with program:
+            shown.status(f"running {name} ({program.ops:,} ops) under {args.policy} on {backend}", force=True)
+            result = run_program(program, name, args.policy, backend, tracking=args.tracking,
+                                 backing=args.backing)
     if args.json:
         seed, scale = (None, None) if args.trace else (args.seed or 0, args.scale or 1.0)
         print(json.dumps(run_document(result, args.argv, scale=scale, seed=seed, trace=args.trace), indent=2))
