@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from contextlib import contextmanager
 
@@ -38,25 +39,48 @@ def fields(rows) -> str:
 
 
 class _PlainProgress:
-    """Progress as plain stderr lines (pipes, logs): the first step, then at most one line
-    every PLAIN_EVERY seconds, then the last."""
+    """Progress as plain stderr lines (pipes, logs): a command done within PLAIN_EVERY
+    seconds prints none; a longer one prints what it is doing by then, and at most one line
+    every PLAIN_EVERY seconds after (a timer prints the latest state if nothing else does)."""
 
     def __init__(self, title: str, total: int | None):
-        self.title, self.total, self.done, self.last = title, total, 0, 0.0
+        self.title, self.total, self.done = title, total, 0
+        self.last = time.monotonic()
+        self.pending: str | None = None
+        self.timer: threading.Timer | None = None
+        self.lock = threading.Lock()
 
     def advance(self, text: str, steps: int = 1) -> None:
         self.done += steps
-        now = time.monotonic()
-        if self.done == 1 or self.done == self.total or now - self.last >= PLAIN_EVERY:
-            self.last = now
-            of = f"/{self.total}" if self.total else ""
-            print(f"{self.title}: [{self.done}{of}] {text}", file=sys.stderr, flush=True)
+        of = f"/{self.total}" if self.total else ""
+        self.status(f"[{self.done}{of}] {text}")
 
-    def status(self, text: str, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.last >= PLAIN_EVERY:
-            self.last = now
-            print(f"{self.title}: {text}", file=sys.stderr, flush=True)
+    def status(self, text: str) -> None:
+        with self.lock:
+            self.pending = text
+            wait = PLAIN_EVERY - (time.monotonic() - self.last)
+            if wait <= 0:
+                self._emit()
+            elif self.timer is None:
+                self.timer = threading.Timer(wait, self._flush)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def _flush(self) -> None:
+        with self.lock:
+            self.timer = None
+            if self.pending is not None:
+                self._emit()
+
+    def _emit(self) -> None:
+        print(f"{self.title}: {self.pending}", file=sys.stderr, flush=True)
+        self.pending, self.last = None, time.monotonic()
+
+    def close(self) -> None:
+        with self.lock:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
 
 
 class _BarProgress:
@@ -66,17 +90,20 @@ class _BarProgress:
     def advance(self, text: str, steps: int = 1) -> None:
         self.progress.update(self.task, advance=steps, description=text)
 
-    def status(self, text: str, force: bool = False) -> None:
+    def status(self, text: str) -> None:
         self.progress.update(self.task, description=text)
 
 
 @contextmanager
 def progress(title: str, total: int | None = None):
     """A progress reporter on stderr: a bar on a terminal (gone when done), plain lines
-    elsewhere.  ``advance(text)`` after each step, ``status(text)`` for what is running (in a
-    pipe at most one line every PLAIN_EVERY seconds, unless ``force``)."""
+    elsewhere.  ``advance(text)`` after each step, ``status(text)`` for what is running."""
     if not sys.stderr.isatty():
-        yield _PlainProgress(title, total)
+        plain = _PlainProgress(title, total)
+        try:
+            yield plain
+        finally:
+            plain.close()
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

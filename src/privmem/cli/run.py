@@ -77,7 +77,7 @@ def cmd_run(args) -> int:
                              seed=args.seed or 0, scale=args.scale or 1.0, layout=args.layout)
             program, name = compile_trace(trace, args.timing), trace.name
         with program:
-            shown.status(f"running {name} ({program.ops:,} ops) under {args.policy} on {backend}", force=True)
+            shown.status(f"running {name} ({program.ops:,} ops) under {args.policy} on {backend}")
             result = run_program(program, name, args.policy, backend, tracking=args.tracking,
                                  backing=args.backing)
     if args.json:

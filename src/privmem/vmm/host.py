@@ -67,7 +67,7 @@ class HostMachine(MachineFront):
         self._stop_reason: str | None = None
         self.stats = [VcpuStats() for _ in range(vcpus)]
         self.failures: list[dict] = []
-        self.shared = self.private = self._guest_private = None
+        self.shared = self.private = self._guest_private = self.engine = None
         try:
             if self.backing == "in-place":
                 self.shared = self.private = InPlaceBacking.standin(self.memory, initial_shared=initial == "shared")
@@ -270,6 +270,8 @@ class HostMachine(MachineFront):
         if self._busy.locked():
             self._stop("closed")
         with self._busy:
+            if self.engine is not None:
+                self.engine.close()                  # refused from now on, before the backings go
             if self._guest_private is not None:
                 self._guest_private.unmap()
             for backing in (self.private, self.shared):

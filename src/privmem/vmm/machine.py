@@ -442,6 +442,8 @@ class Machine(MachineFront):
         if runner is not None and runner.running:
             runner.stop("closed")
         with self._busy:
+            if self.engine is not None:
+                self.engine.close()                  # refused from now on, before the backings go
             for view in self.comm + self._views:
                 view.release()
             self.comm, self._views = [], []
