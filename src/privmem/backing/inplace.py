@@ -32,7 +32,7 @@ import ctypes
 
 from ..attrs.ranges import MemoryAttributes
 from ..errors import AccessDenied
-from ..units import PAGE_SIZE
+from ..units import PAGE_SHIFT, PAGE_SIZE
 from . import syscalls
 from .accounting import measured_ranges
 from .mapping import HostMapping
@@ -103,7 +103,7 @@ class InPlaceBacking(Backing):
         process's limit of memory areas, vm.max_map_count) leaves the range as it was."""
         self._check_range(offset, size)
         syscalls.mprotect(self._mapping.addr + offset, size, _RW if shared else _NONE)
-        self._accessible.set(offset, size, 1 if shared else 0)
+        self._accessible.assign_pages(offset >> PAGE_SHIFT, (offset + size) >> PAGE_SHIFT, 1 if shared else 0)
         self.protection_changes += 1
 
     @_locked

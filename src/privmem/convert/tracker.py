@@ -77,7 +77,8 @@ class ConversionTracker:
 
     Invariants (``check()``): in-flight requests are pairwise disjoint and disjoint from every
     pin (pins may overlap each other: several devices may read one buffer); each has a valid
-    page range; the store's own invariants hold.  All methods are thread-safe: vCPU
+    page range; a looked-ahead answer (``changed_ranges``) is kept only for a request in flight
+    and not yet committed; the store's own invariants hold.  All methods are thread-safe: vCPU
     threads share one tracker, and it is the only writer of its store.
     """
 
@@ -86,6 +87,7 @@ class ConversionTracker:
         self._inflight: dict[int, Request] = {}
         self._pins: dict[int, Pin] = {}
         self._committed: set[int] = set()       # in flight, committed, not yet released
+        self._prepared: dict[int, tuple] = {}   # changed_ranges' answer, for the commit that follows
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -178,7 +180,11 @@ class ConversionTracker:
             request = stored
             first, end = request.gpa >> PAGE_SHIFT, (request.gpa + request.size) >> PAGE_SHIFT
             target = ATTR_PRIVATE if request.private else 0
-            changed = self._changed(first, end, target)
+            # What changed_ranges found still holds: the request has been in flight since,
+            # its range closed to every other request.
+            changed = self._prepared.pop(key, None)
+            if changed is None:
+                changed = self._changed(first, end, target)
             if changed:
                 self.store.assign_pages(first, end, target)
             return Conversion(request, changed)
@@ -195,8 +201,14 @@ class ConversionTracker:
         """What committing ``request`` would change (it stays in flight: nobody else can
         change those pages meanwhile), so a committer can prepare before the store moves."""
         with self._lock:
-            first, end = request.gpa >> PAGE_SHIFT, (request.gpa + request.size) >> PAGE_SHIFT
-            return self._changed(first, end, ATTR_PRIVATE if request.private else 0)
+            key = getattr(request, "id", None)
+            stored = self._inflight.get(key)
+            if stored is None or key in self._committed:
+                raise InvalidState(f"cannot look ahead at request {key!r}: it is not in flight uncommitted")
+            first, end = stored.gpa >> PAGE_SHIFT, (stored.gpa + stored.size) >> PAGE_SHIFT
+            changed = self._changed(first, end, ATTR_PRIVATE if stored.private else 0)
+            self._prepared[key] = changed
+            return changed
 
     def in_flight_ids(self) -> set[int]:
         with self._lock:
@@ -222,6 +234,7 @@ class ConversionTracker:
             raise InvalidState(f"cannot {verb} request {key!r}: it is {what}")
         del self._inflight[key]
         self._committed.discard(key)
+        self._prepared.pop(key, None)
         return stored
 
     def _changed(self, first: int, end: int, target: int) -> tuple[tuple[int, int], ...]:
@@ -257,4 +270,7 @@ class ConversionTracker:
                 for request in live:
                     if request.gpa < pin.end and pin.gpa < request.end:
                         raise AssertionError(f"pin {pin.id} overlaps request {request.id} in flight")
+            stale = set(self._prepared) - (set(self._inflight) - self._committed)
+            if stale:
+                raise AssertionError(f"looked-ahead changes kept for requests not in flight uncommitted: {stale}")
             self.store.check()
