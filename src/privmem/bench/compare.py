@@ -135,10 +135,11 @@ COMPACT = ("policy", "time A", "time B", "time B/A", "noise", "verdict", "alloc 
 
 def table(comparison: Comparison, wide: bool = False):
     """Every column in one table with ``wide``; else a block per workload in 80 columns."""
-    from rich import box
     from rich.console import Group
     from rich.markup import escape
     from rich.table import Table
+
+    from .tables import compact
 
     heading = escape(f"privmem compare: A = {comparison.a_path}, B = {comparison.b_path}")
     if wide:
@@ -155,10 +156,8 @@ def table(comparison: Comparison, wide: bool = False):
     shown = [headers.index(name) for name in COMPACT]
     tables = []
     for block in blocks_by_workload(comparison.rows, key=lambda row: row.key[0]):
-        out = Table(title=escape(f"\n{block[0].key[0]}"), title_justify="left", box=box.SIMPLE_HEAD,
-                    pad_edge=False, show_edge=False, collapse_padding=True)
-        for index in shown:
-            out.add_column(COLUMNS[index][0], justify="right" if COLUMNS[index][1] else "left")
+        out = compact(escape(f"\n{block[0].key[0]}"), [COLUMNS[index][0] for index in shown],
+                      left=("policy", "verdict"))
         for row in block:
             row_cells = cells(row)
             row_cells[1] = short_label(row.a or row.b)

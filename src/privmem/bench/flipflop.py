@@ -63,14 +63,12 @@ def as_json(results):
 
 
 def table(results):
-    from rich.table import Table
-
     from ..units import format_size
+    from .tables import compact
 
-    out = Table(title=f"privmem bench flipflop: one page flipped {results[0].flips:,} times each way")
-    for column in ("policy", "discard syscalls", "discarded", "reclaimed free", "peak double alloc",
-                   "budget", "µs/conversion"):
-        out.add_column(column, justify="left" if column == "policy" else "right")
+    out = compact(f"privmem bench flipflop: one page flipped {results[0].flips:,} times each way",
+                  ("policy", "discard\nsyscalls", "discarded", "reclaimed\nfree", "peak double\nalloc", "budget",
+                   "µs/\nconversion"))
     for r in results:
         out.add_row(r.policy, f"{r.discards:,}", format_size(r.discarded_bytes), format_size(r.reclaimed_bytes),
                     format_size(r.peak_double_allocated_bytes),

@@ -176,10 +176,11 @@ def short_label(row: dict) -> str:
 def table(doc: dict, wide: bool = False):
     """The rich table ``privmem bench`` prints: every column in one table with ``wide``,
     else one compact block per workload that fits 80 columns."""
-    from rich import box
     from rich.console import Group
     from rich.markup import escape
     from rich.table import Table
+
+    from .tables import compact
 
     if wide:
         out = Table(title=escape(title(doc)))
@@ -194,13 +195,8 @@ def table(doc: dict, wide: bool = False):
     blocks = []
     for group in grouped(doc):
         first = group[0]
-        block = Table(title=escape(f"\n{first['workload']}: {first['conversions']:,} conversions"),
-                      title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
-                      collapse_padding=True)
-        for index in shown:
-            _, compact, right = COLUMNS_SHOWN[index]
-            # A long policy spec folds onto a second line: a cell is never cut.
-            block.add_column(compact, justify="right" if right else "left", overflow="fold")
+        block = compact(escape(f"\n{first['workload']}: {first['conversions']:,} conversions"),
+                        [COLUMNS_SHOWN[index][1] for index in shown])
         for row in group:
             row_cells = cells(row)
             row_cells[1] = short_label(row)

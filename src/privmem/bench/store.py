@@ -237,28 +237,56 @@ def _shown_rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def table(results: list[StoreResult]):
-    """A rich table of the results, with each structure's footprint against the bitmap's."""
+def _short_rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1e6:.1f}M" if value >= 1e6 else f"{value / 1e3:.0f}k" if value >= 1e3 else f"{value:.0f}"
+
+
+def _vs_bitmap(result: StoreResult, bitmap: StoreResult | None) -> str:
+    if bitmap is None:
+        return "-"
+    ratio = result.footprint_bytes / bitmap.footprint_bytes
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.2%}"
+
+
+def table(results: list[StoreResult], wide: bool = False):
+    """The results with each structure's footprint against the bitmap's: every column with
+    ``wide``; else one block per guest that fits 80 columns (rates in k/M per second)."""
+    from rich.console import Group
     from rich.table import Table
 
     from ..units import format_size
+    from .tables import compact
 
     bitmap = {(r.guest, r.pattern): r for r in results if r.structure == "bitmap"}
-    out = Table(title="privmem bench store: attribute stores side by side (~ = scaled from a part, see notes)")
-    for column in ("guest", "pattern", "structure", "entries", "footprint", "vs bitmap", "build",
-                   "set 1 page/s", "get/s", "has/s", "ranges() all", "set all"):
-        out.add_column(column, justify="left" if column in ("guest", "pattern", "structure") else "right")
-    for r in results:
-        ref = bitmap.get((r.guest, r.pattern))
-        ratio = f"{r.footprint_bytes / ref.footprint_bytes:.2%}" if ref else "-"
-        build = "-" if r.build_s is None else f"{'~' if r.build_scaled else ''}{r.build_s:.3f} s"
-        ranges = "-" if r.ranges_s is None else \
-            f"{'~' if r.ranges_scaled else ''}{r.ranges_s:.3f} s / {r.ranges_runs:,} runs"
-        set_all = "-" if r.set_all_ms is None else f"{r.set_all_ms:.3f} ms"
-        out.add_row(r.guest, r.pattern, r.structure, f"{r.entries:,}" if r.entries else "-",
-                    format_size(r.footprint_bytes), ratio, build, _shown_rate(r.set_ops_s), _shown_rate(r.get_ops_s),
-                    _shown_rate(r.has_ops_s), ranges, set_all)
-    return out
+    heading = "privmem bench store: attribute stores side by side (~: scaled, see notes)"
+    if wide:
+        out = Table(title=heading)
+        for column in ("guest", "pattern", "structure", "entries", "footprint", "vs bitmap", "build",
+                       "set 1 page/s", "get/s", "has/s", "ranges() all", "set all"):
+            out.add_column(column, justify="left" if column in ("guest", "pattern", "structure") else "right")
+        for r in results:
+            build = "-" if r.build_s is None else f"{'~' if r.build_scaled else ''}{r.build_s:.3f} s"
+            ranges = "-" if r.ranges_s is None else \
+                f"{'~' if r.ranges_scaled else ''}{r.ranges_s:.3f} s / {r.ranges_runs:,} runs"
+            set_all = "-" if r.set_all_ms is None else f"{r.set_all_ms:.3f} ms"
+            out.add_row(r.guest, r.pattern, r.structure, f"{r.entries:,}" if r.entries else "-",
+                        format_size(r.footprint_bytes), _vs_bitmap(r, bitmap.get((r.guest, r.pattern))), build,
+                        _shown_rate(r.set_ops_s), _shown_rate(r.get_ops_s), _shown_rate(r.has_ops_s), ranges,
+                        set_all)
+        return out
+    blocks = []
+    for guest in dict.fromkeys(r.guest for r in results):
+        block = compact(f"\n{guest} guest", ("pattern", "structure", "footprint", "vs bitmap", "set/s", "get/s",
+                                               "set all"))
+        for r in (r for r in results if r.guest == guest):
+            block.add_row(r.pattern, r.structure, format_size(r.footprint_bytes),
+                          _vs_bitmap(r, bitmap.get((r.guest, r.pattern))), _short_rate(r.set_ops_s),
+                          _short_rate(r.get_ops_s), "-" if r.set_all_ms is None else f"{r.set_all_ms:.3f} ms")
+        blocks.append(block)
+    return Group(heading, *blocks, "", "set/s: single-page sets a second; set all: one set over the whole guest; "
+                 "--wide: entries, build time, has/s and ranges() too")
 
 
 def headline(results: list[StoreResult]) -> list[str]:

@@ -76,14 +76,11 @@ def as_json(results):
 
 
 def table(results):
-    from rich import box
-    from rich.table import Table
+    from .tables import compact
 
     base = {r.policy: r.per_s for r in results if r.vcpus == 1}
-    out = Table(title=f"privmem bench throughput: one-page conversions, best of {results[0].rounds} rounds",
-                box=box.SIMPLE_HEAD)
-    for column in ("vCPUs", "policy", "conversions/s", "vs 1 vCPU", "spread", "µs/conversion"):
-        out.add_column(column, justify="left" if column == "policy" else "right")
+    out = compact(f"privmem bench throughput: one-page conversions, best of {results[0].rounds} rounds",
+                  ("vCPUs", "policy", "conversions/s", "vs 1 vCPU", "spread", "µs/conversion"))
     for r in results:
         ratio = r.per_s / base[r.policy] if base.get(r.policy) else None
         out.add_row(str(r.vcpus), r.policy, f"{r.per_s:,.0f}", "-" if ratio is None else f"{ratio:.2f}x",

@@ -49,8 +49,9 @@ def _report(bench, results, args, **settings) -> None:
     as ``bench-KIND``)."""
     from ..results import document, requested
 
-    out = console()
-    out.print(bench.table(results))
+    wide = getattr(args, "wide", False)
+    out = console(wide)
+    out.print(bench.table(results, wide) if wide else bench.table(results))
     for line in bench.headline(results):
         out.print(line, soft_wrap=True)
     doc = document(f"bench-{args.bench_kind}", requested(**settings), {"results": bench.as_json(results)}, args.argv)
@@ -187,6 +188,7 @@ def add_parsers(commands) -> None:
     kind.add_argument("--guests", type=a.choices("guests", guests), metavar="NAMES", default=guests,
                       help=f"comma list of {a.braces(guests)} (default: all)")
     kind.add_argument("--no-pagemap", action="store_true", help="skip the per-page map (slow on big guests)")
+    kind.add_argument("--wide", action="store_true", help="every column (the default table fits 80 columns)")
     kind.add_argument("--json-out", metavar=a.FILE, default="privmem-bench-store.json",
                       help="the saved result (default: %(default)s)")
     kind.set_defaults(handler=cmd_bench_store)
