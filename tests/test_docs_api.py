@@ -41,3 +41,27 @@ def test_the_worked_policy_runs_as_written(monkeypatch):
     test_case = machine_for(name).TestCase
     test_case.settings = settings(max_examples=30, stateful_step_count=25, deadline=None)
     test_case("runTest").runTest()
+
+
+def test_the_machine_example_prints_what_its_comment_says(capsys):
+    example = next(block for block in blocks("python") if "HostMachine(" in block)
+    exec(compile(example, "docs/api.md", "exec"), {})
+    assert capsys.readouterr().out.split() == example.rsplit("#", 1)[1].split()
+
+
+def test_the_worked_workload_runs_as_written(monkeypatch, capsys):
+    from privmem.workload import GENERATORS, WORKLOADS, check_trace, generate
+
+    example = next(block for block in blocks("python") if "@workload(" in block)
+    name = re.search(r'@workload\("([^"]+)"', example).group(1)
+    monkeypatch.setattr(GENERATORS, "_entries", dict(GENERATORS._entries))
+    exec(compile(example, "docs/api.md", "exec"), {})
+    assert name in WORKLOADS
+    assert generate(name, 64 << 20, 2, seed=7) == generate(name, 64 << 20, 2, seed=7) != generate(name, 64 << 20, 2, seed=8)
+    check_trace(generate(name, 128 << 20, 2, reserved=17 << 20, scale=0.2), reserved=17 << 20)
+    with pytest.raises(InvalidArgument, match="memory"):
+        generate(name, 1 << 20, 2)
+    usage = next(block for block in blocks("python") if f'generate("{name}"' in block)
+    monkeypatch.setattr("privmem.runner.default_backend", lambda: "host")     # fast, and the same on any host
+    exec(compile(usage, "docs/api.md", "exec"), {})
+    assert capsys.readouterr().out.split() == usage.rsplit("#", 1)[1].split()

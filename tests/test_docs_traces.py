@@ -46,3 +46,40 @@ def test_the_replay_example_runs(tmp_path, capsys, monkeypatch):
     measured = re.compile(r"^(time|VMM peak RSS): +.*$", re.MULTILINE)     # vary run to run
     assert measured.sub(r"\1", printed) == measured.sub(r"\1", "\n".join(shown))
     assert os.path.exists(out)
+
+
+def example_trace() -> str:
+    """The complete trace the page shows: the json block that holds an end marker."""
+    blocks = re.findall(r"^```json\n(.*?)^```", DOC, re.M | re.S)
+    return next(block for block in blocks if '"privmem_trace_end"' in block)
+
+
+def test_the_example_trace_replays_as_the_page_shows(tmp_path, capsys):
+    from .conftest import KVM_SKIP_REASON
+
+    path = tmp_path / "hello.jsonl"
+    path.write_text(example_trace())
+    command = "privmem run --trace hello.jsonl --policy eager"
+    backend = ["--backend", "host"] if KVM_SKIP_REASON else []
+    assert main(["run", "--trace", str(path), "--policy", "eager", *backend]) == 0
+    printed = capsys.readouterr().out.strip()
+    shown = "\n".join(shown_output(command))
+    varies = ["time", "VMM peak RSS"] + (["backend", "exits"] if KVM_SKIP_REASON else [])
+    measured = re.compile(rf"^({'|'.join(varies)}): +.*$", re.MULTILINE)
+    assert measured.sub(r"\1", printed) == measured.sub(r"\1", shown)
+    assert main(["trace", "stats", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines() == shown_output("privmem trace stats hello.jsonl")
+
+
+def test_the_example_header_and_the_refused_trace_are_real(tmp_path, capsys):
+    from privmem.workload.trace import parse_header
+
+    header = next(block for block in re.findall(r"^```json\n(.*?)^```", DOC, re.M | re.S)
+                  if '"regions"' in block and "privmem_trace_end" not in block)
+    parsed = parse_header(1, header.strip())
+    assert parsed.memory_map.name == "q35" and parsed.vcpus == 2 and parsed.end_marker
+    path = tmp_path / "oob.jsonl"
+    path.write_text('{"privmem_trace": 1, "memory": 1048576, "vcpus": 1}\n'
+                    '{"op": "convert", "gpa": 1048576, "size": 4096, "to": "shared"}\n')
+    assert main(["run", "--trace", str(path), "--backend", "host"]) == 2
+    assert capsys.readouterr().err.splitlines() == shown_output("privmem run --trace oob.jsonl")
