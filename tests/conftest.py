@@ -11,12 +11,10 @@ def _kvm_unusable_reason():
         return "PRIVMEM_NO_KVM is set"
     if not os.path.exists("/dev/kvm"):
         return "no /dev/kvm on this host"
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        return f"/dev/kvm not usable: {exc.strerror}"
-    os.close(fd)
-    return None
+    from privmem.runner import kvm_unusable_reason
+
+    reason = kvm_unusable_reason()
+    return None if reason is None else f"KVM not usable: {reason}"
 
 
 KVM_SKIP_REASON = _kvm_unusable_reason()

@@ -123,3 +123,16 @@ def test_probe_real():
     assert isinstance(info["max_memslots"], int) and info["max_memslots"] > 2
     text = format_info(info)
     assert "guest_memfd" in text and "hypercall exit works" in text
+
+
+def test_machine_support_is_refused_by_name_on_a_device_that_is_not_kvm():
+    from privmem.kvm.probe import machine_unsupported_reason
+
+    assert "/dev/null is not a KVM device" in machine_unsupported_reason("/dev/null")
+
+
+@pytest.mark.kvm
+def test_this_hosts_kvm_has_what_the_machine_needs():
+    from privmem.kvm.probe import machine_unsupported_reason
+
+    assert machine_unsupported_reason() is None

@@ -367,7 +367,7 @@ BAD_ADVICE = {
                                r"json-out='/nonexistent/dir/a\.json': directory '/nonexistent/dir' does not exist"),
     "plot output is a directory": (["--plot-out", "/tmp"], r"plot-out='/tmp': is a directory"),
     "a trace with a guest size": (["--trace", "t.jsonl", "--memory", "1G"],
-                                  r"--memory='1.0 GiB': a trace sets its own guest"),
+                                  r"--memory='1G': a trace sets its own guest"),
     "a missing trace": (["--trace", "/nonexistent/t.jsonl"], r"/nonexistent/t\.jsonl"),
 }
 

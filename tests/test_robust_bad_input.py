@@ -526,7 +526,7 @@ def test_cli_bad_trace_file_names_its_line(tmp_path, capsys):
     path.write_text(TRACE_CASES["header lies about memory"][0])
     assert cli_main(["run", "--backend", "host", "--trace", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("privmem: line 3: gpa=12582912: [0xc00000, 0xc01000) is not all guest RAM")
+    assert err.startswith(f"privmem: {path}:3: gpa=12582912: [0xc00000, 0xc01000) is not all guest RAM")
 
 
 def test_bad_input_matrix_has_at_least_40_cases():

@@ -124,6 +124,11 @@ class GuestError(PrivmemError):
 class TraceError(InvalidArgument):
     """A trace file is malformed; the message names the line, the field and the value."""
 
-    def __init__(self, line: int, field: str, value: object, why: str = "invalid"):
-        self.line = line
-        super().__init__(f"line {line}: {field}", value, why, hex_value=False)
+    def __init__(self, line: int, field: str, value: object, why: str = "invalid", source: str | None = None):
+        self.line, self.source, self.trace_field = line, source, field
+        where = f"{shown(source, False).strip(chr(39))}:{line}: " if source else f"line {line}: "
+        super().__init__(f"{where}{field}", value, why, hex_value=False)
+
+    def located(self, source: str) -> "TraceError":
+        """The same error, named as ``FILE:LINE:`` the way compilers and importers name theirs."""
+        return TraceError(self.line, self.trace_field, self.value, self.why, source=source)

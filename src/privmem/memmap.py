@@ -91,7 +91,7 @@ class GuestMemoryMap:
                 raise InvalidArgument(f"{field}.size", size, "must be a positive multiple of 4 KiB")
             if gpa < 0 or not is_page_aligned(gpa) or gpa + size > ADDRESS_LIMIT:
                 raise InvalidArgument(f"{field}.gpa", gpa, "must be 4 KiB aligned and the region below 2**64")
-        spans.sort()
+        spans = sorted((int(gpa), int(size)) for gpa, size in spans)     # plain ints below: the fast paths test type
         for (a_gpa, a_size), (b_gpa, _) in zip(spans, spans[1:]):
             if b_gpa < a_gpa + a_size:
                 raise InvalidArgument("regions", b_gpa, f"region at {b_gpa:#x} overlaps "
@@ -171,6 +171,8 @@ class GuestMemoryMap:
             raise InvalidArgument(field, gpa, "must be 4 KiB aligned")
         if size & _PAGE_MASK:
             raise InvalidArgument("size", size, "must be a multiple of 4 KiB")
+        if self.contains(gpa, size):                 # an int subclass, which the fast path leaves here
+            return GpaRange(int(gpa), int(size))
         raise self.outside(gpa, size, field)
 
     def outside(self, gpa: int, size: int, field: str = "gpa") -> InvalidArgument:

@@ -33,14 +33,17 @@ TIMELINE_KEYS = ("t_s", "held_books_bytes", "double_alloc_kernel_bytes")
 
 
 def kvm_unusable_reason(path: str = "/dev/kvm") -> str | None:
-    """None if ``path`` opens read/write, else why not (missing, EACCES, ...)."""
+    """None if ``path`` opens read/write and its KVM has what the machine needs, else why
+    not (missing, EACCES, a kernel without guest_memfd MMAP, ...)."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
         return f"{path}: {exc.strerror}" + (" (the kvm module is not loaded?)" if exc.errno == 2 else
                                             " (run as root or join the kvm group)" if exc.errno == 13 else "")
     os.close(fd)
-    return None
+    from .kvm.probe import machine_unsupported_reason
+
+    return machine_unsupported_reason(path)
 
 
 def kvm_usable() -> bool:

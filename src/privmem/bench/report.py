@@ -28,7 +28,7 @@ COLUMNS_SHOWN = (("workload", None, False), ("policy", "policy", False), ("time"
                  ("vs never", "vs\nnever", True), ("spread", "spread", True), ("conversions", None, True),
                  ("discards", "discards", True), ("peak held (books)", "held\n(books)", True),
                  ("peak double alloc (kernel)", "double\n(kernel)", True), ("budget", None, True),
-                 ("peak host memory", None, True), ("data errors", "errors", True))
+                 ("peak host memory", None, True), ("errors (data + DMA)", "errors", True))
 COLUMNS = tuple((header, right) for header, _, right in COLUMNS_SHOWN)
 # Row keys every cell needs; the others may be None (shown as "-").
 NEEDED_ROW_KEYS = ("wall_s", "conversions", "discards", "peak_double_alloc_bytes",

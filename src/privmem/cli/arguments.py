@@ -56,6 +56,17 @@ def _refuse(field: str, text: object, why: str):
     raise InvalidArgument(field, text, why, hex_value=False)
 
 
+class TypedSize(int):
+    """A byte count that remembers how the user wrote it (``3G``), to say it back that way."""
+
+    text: str
+
+    def __new__(cls, value: int, text: str):
+        obj = super().__new__(cls, value)
+        obj.text = text
+        return obj
+
+
 def size(field: str, minimum: int = PAGE_SIZE, maximum: int | None = None, fix: str = ""):
     """Bytes as the user writes them (``3G``, ``512M``, ``64KiB``, ``4096``, ``0x1000``), a
     multiple of 4 KiB, within [minimum, maximum]."""
@@ -68,7 +79,7 @@ def size(field: str, minimum: int = PAGE_SIZE, maximum: int | None = None, fix: 
                     if value > PAGE_SIZE else "must be a multiple of 4 KiB")
         if maximum is not None and value > maximum:
             _refuse(field, text, f"at most {format_size(maximum)}" + (f"; {fix}" if fix else ""))
-        return value
+        return TypedSize(value, text.strip())
     return argument_type(field, parse_value)
 
 

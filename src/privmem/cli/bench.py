@@ -8,7 +8,7 @@ from ..errors import InvalidArgument
 from ..results import json_writer, write_json, write_outputs
 from . import arguments as a
 from .output import console, progress, resolve_backend
-from .shared import add_guest, check_inputs, check_outputs, given_value
+from .shared import add_guest, check_inputs, check_outputs, given_value, naming_file
 
 BENCH_EPILOG = """examples:
   privmem bench                       every policy, boot and ovmf-dma, 1 GiB
@@ -124,12 +124,12 @@ def cmd_advise(args) -> int:
                                  backend=backend, repeat=args.repeat, tolerance=args.tolerance, **guest)
     config.check()
     check_outputs(args, "json_out", "plot_out")
-    with progress("privmem advise") as shown:
+    with progress("privmem advise") as shown, naming_file(args.trace):
         result = advise.run(config, progress=lambda done, total, text: shown.status(
             f"run {done + 1}/{total}: {text}"))
     doc = result.as_json(args.argv)
-    out = console()
-    out.print(advise.table(doc))
+    out = console(args.wide)
+    out.print(advise.table(doc, args.wide))
     for line in advise.headline(doc):
         out.print(line, soft_wrap=True)
     write_outputs((args.json_out, json_writer(doc)), (args.plot_out, lambda path: advise.plot(doc, path)))
@@ -245,6 +245,7 @@ def add_parsers(commands) -> None:
                         default=advise.DEFAULT_TOLERANCE,
                         help="how much slower than never a recommendation may be: 0.02 or 2%% (default: 2%%)")
     add_guest(advice, memory_default="1G", backend=True, trace_note=" (not with --trace)")
+    advice.add_argument("--wide", action="store_true", help="every column (the default table fits 80 columns)")
     advice.add_argument("--json-out", metavar=a.FILE, default="privmem-advise.json",
                         help="the saved result (default: %(default)s)")
     advice.add_argument("--plot-out", metavar=a.PNG, default="privmem-advise.png",

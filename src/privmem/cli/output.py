@@ -13,7 +13,7 @@ from contextlib import contextmanager
 # Pipes and CI logs have no width: keep tables at the width a terminal user gets by default,
 # or at COLUMNS where it is set (rich reads it).
 PIPE_WIDTH = 80
-WIDE_PIPE_WIDTH = 200
+WIDE_PIPE_WIDTH = 200         # --wide: wide enough for every table's every column
 PLAIN_EVERY = 2.0          # seconds between plain progress lines in a pipe
 
 
@@ -21,9 +21,11 @@ def console(wide: bool = False):
     """The results console (stdout)."""
     from rich.console import Console
 
+    if wide:                        # asked for every column: whole lines, whatever the terminal
+        return Console(width=WIDE_PIPE_WIDTH)
     if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit():
         return Console()
-    return Console(width=WIDE_PIPE_WIDTH if wide else PIPE_WIDTH)
+    return Console(width=PIPE_WIDTH)
 
 
 def note(text: str) -> None:

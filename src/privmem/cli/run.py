@@ -8,7 +8,7 @@ import json
 from ..errors import InvalidArgument
 from . import arguments as a
 from .output import fields, note, progress, resolve_backend
-from .shared import add_backend, add_guest, check_inputs, given_value, policy_spec
+from .shared import add_backend, add_guest, check_inputs, given_value, naming_file, policy_spec
 
 RUN_EPILOG = """examples:
   privmem run                                         boot, 1 GiB, never
@@ -27,6 +27,10 @@ def run_failed(result) -> bool:
     return bool(result.data_errors or result.dma_errors or result.psc_errors)
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def run_fields(result) -> list[tuple[str, str]]:
     from ..units import format_size
 
@@ -39,7 +43,7 @@ def run_fields(result) -> list[tuple[str, str]]:
         ("guest", f"{format_size(result.memory)} {result.layout}, {result.vcpus} vCPU"),
         ("ops", f"{result.ops:,}" + (f" (timing {result.timing})" if result.timing != "none" else "")),
         ("time", f"{result.wall_s:.3f} s"),
-        ("conversions", f"{result.conversions:,} ({result.pages_converted:,} pages)"),
+        ("conversions", f"{result.conversions:,} ({plural(result.pages_converted, 'page')})"),
         ("exits", f"{result.exits:,}"),
         ("discards", f"{result.discards:,} ({format_size(result.discarded_bytes)})"),
         ("peak held (books)", format_size(result.peak_double_alloc_bytes)),
@@ -65,7 +69,7 @@ def cmd_run(args) -> int:
                                   "ops; drop the option, or run a workload with --workload", hex_value=False)
         check_inputs(args, "trace")
     backend = resolve_backend(args.backend, "privmem run")
-    with progress("privmem run") as shown:
+    with progress("privmem run") as shown, naming_file(args.trace):
         if args.trace:
             shown.status(f"reading {args.trace}")
             program, name, warnings = open_trace(args.trace, args.timing)

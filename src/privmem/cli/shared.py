@@ -3,6 +3,8 @@ before any work starts."""
 
 from __future__ import annotations
 
+import contextlib
+
 from . import arguments as a
 
 
@@ -100,11 +102,22 @@ def check_inputs(args, *fields: str) -> None:
 
 
 def given_value(args, name: str) -> str:
-    """An option's value as the user would read it back (sizes in binary units)."""
-    from ..units import format_size
-
+    """An option's value as the user typed it."""
     value = getattr(args, name)
-    return format_size(value) if name == "memory" else str(value)
+    return getattr(value, "text", str(value))
+
+
+@contextlib.contextmanager
+def naming_file(path: str | None):
+    """A trace error inside, named ``FILE:LINE:`` the way compilers and importers name theirs."""
+    from ..errors import TraceError
+
+    try:
+        yield
+    except TraceError as error:
+        if path is None or error.source is not None:
+            raise
+        raise error.located(path) from None
 
 
 def check_outputs(args, *fields: str) -> None:
@@ -116,4 +129,4 @@ def check_outputs(args, *fields: str) -> None:
             check_writable(field.replace("_", "-"), getattr(args, field))
 
 
-__all__ = ["add_backend", "add_guest", "check_inputs", "check_outputs", "given_value", "guest_limits", "policy_names", "policy_spec"]
+__all__ = ["add_backend", "add_guest", "check_inputs", "check_outputs", "given_value", "naming_file", "guest_limits", "policy_names", "policy_spec"]

@@ -6,7 +6,7 @@ import json
 import sys
 
 from . import arguments as a
-from .shared import add_guest, check_inputs, check_outputs
+from .shared import add_guest, check_inputs, check_outputs, naming_file
 
 IMPORT_CLEAN, IMPORT_LOST = 0, 3
 IMPORT_EPILOG = f"""examples:
@@ -49,7 +49,8 @@ def cmd_trace_stats(args) -> int:
     from ..workload.stats import trace_stats
 
     check_inputs(args, "file")
-    stats = trace_stats(args.file, flip_ms=args.flip_ms)
+    with naming_file(args.file):
+        stats = trace_stats(args.file, flip_ms=args.flip_ms)
     print(json.dumps(stats.as_dict(), indent=2) if args.json else "\n".join(stats.format()))
     return 0
 

@@ -59,6 +59,27 @@ def _set_bits(mask: int) -> list[int]:
     return [bit for bit in range(mask.bit_length()) if mask >> bit & 1]
 
 
+def machine_unsupported_reason(path: str = DEV_KVM) -> str | None:
+    """None if this KVM has what privmem's machine needs, else what is missing and which
+    kernel brings it: KVM_SET_USER_MEMORY_REGION2 and guest_memfd (Linux 6.8), and
+    guest_memfd's MMAP and INIT_SHARED flags (Linux 6.18)."""
+    try:
+        kvm = Kvm(path)
+    except KvmError as error:
+        return str(error)
+    with kvm:
+        cap = kvm.check_extension
+        try:
+            if not cap(uapi.KVM_CAP_USER_MEMORY2) or not cap(uapi.KVM_CAP_GUEST_MEMFD):
+                return "this KVM has no guest_memfd or KVM_SET_USER_MEMORY_REGION2 (Linux 6.8 or later)"
+            needed = uapi.GUEST_MEMFD_FLAG_MMAP | uapi.GUEST_MEMFD_FLAG_INIT_SHARED
+            if cap(uapi.KVM_CAP_GUEST_MEMFD_FLAGS) & needed != needed:
+                return "this KVM's guest_memfd has no MMAP | INIT_SHARED flags (Linux 6.18 or later)"
+        except KvmError as error:
+            return f"{path} is not a KVM device ({error})"
+    return None
+
+
 def probe(path: str = DEV_KVM, *, measure: bool = True, timeout: float = 0.2) -> dict:
     """Capabilities of the host's KVM as a dict with the keys in ``KEYS``."""
     info = dict.fromkeys(KEYS)

@@ -123,7 +123,8 @@ class TraceStats:
                     f"in {self.flip_conversions:,} of {self.conversions:,} conversions")
             if self.back_timed_pages < self.back_pages:
                 flip += f"; {self.back_pages - self.back_timed_pages:,} pages converted back without times not counted"
-        back = (f"{self.back_pages:,} pages ({self.back_share:.2%}) in {self.back_conversions:,} conversions"
+        back = (f"{_count(self.back_pages, 'page')} ({self.back_share:.2%}) in "
+                f"{_count(self.back_conversions, 'conversion')}"
                 if self.back_pages else "none")
         out.append(f"  flip-flop (pages converted back within {window}): {flip}")
         out.append(f"  converted back at any delay: {back}")
@@ -213,6 +214,10 @@ def _count_conversion(stats: TraceStats, history: ConversionHistory, op, window:
     stats.flip_pages += flipped
     stats.back_conversions += back > 0
     stats.flip_conversions += flipped > 0
+
+
+def _count(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 __all__ = ["DEFAULT_FLIP_MS", "TraceStats", "trace_stats"]
