@@ -97,9 +97,12 @@ def test_bench_throughput_compares_vcpu_counts_in_the_envelope(tmp_path, capsys)
                  "--json-out", str(path)]) == 0
     doc = json.loads(path.read_text())
     assert_envelope(doc, "bench-throughput")
-    assert [(row["vcpus"], row["policy"]) for row in doc["results"]] == [(1, "never"), (2, "never")]
-    assert all(row["conversions"] == 200 * row["vcpus"] and row["conversions_per_s"] > 0 for row in doc["results"])
-    assert "never: 2 vCPUs convert" in capsys.readouterr().out
+    rows = doc["results"]["rows"]
+    assert [(row["vcpus"], row["policy"]) for row in rows] == [(1, "never"), (2, "never")]
+    assert all(row["conversions"] == 200 * row["vcpus"] and row["conversions_per_s"] > 0 for row in rows)
+    assert len(doc["results"]["beside_punches_s"]) == 1
+    out = capsys.readouterr().out
+    assert "never: 2 vCPUs convert" in out and "beside 8 punches of 256 MiB on vCPU 0" in out
 
 
 def test_bench_throughput_refuses_counts_without_one_first(capsys):

@@ -55,43 +55,85 @@ def measure(vcpus: int, policy: str, conversions: int) -> _Round:
         return _Round(result.wall_time, result.conversions)
 
 
+PUNCH_BYTES = 256 * MiB
+PUNCH_BASE = 256 * MiB
+PUNCH_MEMORY = 1 << 30
+
+
+def beside_punches(conversions: int, punches: int = 8) -> float:
+    """Seconds for vCPU 1's ``conversions`` one-page conversions (eager) while vCPU 0
+    converts 256 MiB to shared, fills it by DMA and converts it back ``punches`` times, so
+    each of its conversions to private punches 256 MiB of allocated memory: how long one
+    vCPU's large discard holds up the others'."""
+    from ..vmm.machine import Machine
+
+    big = [op for _ in range(punches) for op in (
+        Op("convert", PUNCH_BASE, PUNCH_BYTES, 0, to="shared"),
+        Op("dma_in", PUNCH_BASE, PUNCH_BYTES, 0, pattern=0x5A),
+        Op("convert", PUNCH_BASE, PUNCH_BYTES, 0, to="private"))]
+    small = [Op("convert", WINDOW, PAGE_SIZE, 1, to=to) for _ in range(conversions // 2) for to in ("shared", "private")]
+    with Machine(PUNCH_MEMORY, 2, policy="eager") as machine:
+        return machine.run_ops(big + small).wall_time
+
+
+@dataclass
+class ThroughputReport:
+    rows: list[ThroughputResult]
+    beside_punches_s: list[float]          # every round of ``beside_punches``
+    conversions: int
+
+
 def run(vcpu_counts=(1, 2), policies=("never", "eager"), conversions: int = 20_000, repeat: int = 3,
-        progress=None) -> list[ThroughputResult]:
-    configs = [(v, p) for v in vcpu_counts for p in policies]
-    measured: dict[tuple[int, str], list[_Round]] = {config: [] for config in configs}
+        progress=None, punches: bool = True) -> ThroughputReport:
+    """Every (vCPUs, policy), then (with ``punches``) the conversions beside large punches,
+    ``repeat`` interleaved rounds."""
+    configs = [(v, p) for v in vcpu_counts for p in policies] + ([("punches", "eager")] if punches else [])
+    measured: dict[tuple, list[_Round]] = {config: [] for config in configs}
+    beside: list[float] = []
     for round_index in range(repeat):
         for vcpus, policy in rounds.rotated(configs, round_index):
             if progress:
-                progress(f"{vcpus} vCPU {policy} (round {round_index + 1}/{repeat})")
-            measured[(vcpus, policy)].append(measure(vcpus, policy, conversions))
-    out = []
+                progress(f"{vcpus} vCPU {policy} (round {round_index + 1}/{repeat})" if vcpus != "punches"
+                         else f"beside 256 MiB punches (round {round_index + 1}/{repeat})")
+            if vcpus == "punches":
+                beside.append(beside_punches(conversions))
+            else:
+                measured[(vcpus, policy)].append(measure(vcpus, policy, conversions))
+    rows = []
     for (vcpus, policy), runs in measured.items():
-        best = rounds.best(runs)
-        out.append(ThroughputResult(vcpus, policy, best.conversions, best.wall_s, len(runs), rounds.spread(runs)))
-    return out
+        if runs:
+            best = rounds.best(runs)
+            rows.append(ThroughputResult(vcpus, policy, best.conversions, best.wall_s, len(runs), rounds.spread(runs)))
+    return ThroughputReport(rows, beside, conversions)
 
 
-def as_json(results):
-    return [{**asdict(r), "conversions_per_s": r.per_s} for r in results]
+def as_json(report: ThroughputReport) -> dict:
+    return {"rows": [{**asdict(r), "conversions_per_s": r.per_s} for r in report.rows],
+            "beside_punches_s": report.beside_punches_s, "beside_punches_conversions": report.conversions}
 
 
-def table(results):
+def table(report: ThroughputReport):
     from .tables import compact
 
-    base = {r.policy: r.per_s for r in results if r.vcpus == 1}
-    out = compact(f"privmem bench throughput: one-page conversions, best of {results[0].rounds} rounds",
+    rows = report.rows
+    base = {r.policy: r.per_s for r in rows if r.vcpus == 1}
+    out = compact(f"privmem bench throughput: best of {rows[0].rounds} rounds",
                   ("vCPUs", "policy", "conversions/s", "vs 1 vCPU", "spread", "µs/conversion"))
-    for r in results:
+    for r in rows:
         ratio = r.per_s / base[r.policy] if base.get(r.policy) else None
         out.add_row(str(r.vcpus), r.policy, f"{r.per_s:,.0f}", "-" if ratio is None else f"{ratio:.2f}x",
                     f"{r.spread:.1%}", f"{1e6 / r.per_s:.1f}" if r.per_s else "-")
     return out
 
 
-def headline(results) -> list[str]:
-    base = {r.policy: r.per_s for r in results if r.vcpus == 1}
-    return [f"{r.policy}: {r.vcpus} vCPUs convert {r.per_s / base[r.policy]:.2f}x as fast as 1"
-            for r in results if r.vcpus > 1 and base.get(r.policy)]
+def headline(report: ThroughputReport) -> list[str]:
+    base = {r.policy: r.per_s for r in report.rows if r.vcpus == 1}
+    lines = [f"{r.policy}: {r.vcpus} vCPUs convert {r.per_s / base[r.policy]:.2f}x as fast as 1"
+             for r in report.rows if r.vcpus > 1 and base.get(r.policy)]
+    if report.beside_punches_s:
+        lines.append(f"beside 8 punches of 256 MiB on vCPU 0, vCPU 1's {report.conversions:,} one-page conversions "
+                     f"took {min(report.beside_punches_s):.3f} s (best of {len(report.beside_punches_s)}; eager)")
+    return lines
 
 
-__all__ = ["MAX_CONVERSIONS", "ThroughputResult", "as_json", "headline", "run", "table"]
+__all__ = ["MAX_CONVERSIONS", "ThroughputReport", "ThroughputResult", "as_json", "beside_punches", "headline", "run", "table"]

@@ -92,9 +92,10 @@ def cmd_bench_throughput(args) -> int:
 
     check_outputs(args, "json_out")
     resolve_backend("kvm", "privmem bench throughput")
-    with progress("privmem bench throughput", len(args.vcpus_list) * len(args.policies) * args.repeat) as shown:
+    runs = (len(args.vcpus_list) * len(args.policies) + (not args.no_punches)) * args.repeat
+    with progress("privmem bench throughput", runs) as shown:
         results = throughput.run(args.vcpus_list, args.policies, args.conversions, args.repeat,
-                                 progress=shown.advance)
+                                 progress=shown.advance, punches=not args.no_punches)
     _report(throughput, results, args, backend="kvm", vcpus=list(args.vcpus_list), policies=list(args.policies),
             repeat=args.repeat, conversions=args.conversions, memory=throughput.MEMORY)
     return 0
@@ -210,6 +211,8 @@ def add_parsers(commands) -> None:
                       help="interleaved rounds (default: %(default)s)")
     kind.add_argument("--json-out", metavar=a.FILE, default="privmem-bench-throughput.json",
                       help="the saved result (default: %(default)s)")
+    kind.add_argument("--no-punches", action="store_true",
+                      help="skip the run beside 256 MiB punches (vCPU 0 discards while vCPU 1 converts)")
     kind.set_defaults(handler=cmd_bench_throughput)
     kind = kinds.add_parser("parse", help="trace parsing rate: msgspec (the reader) vs the standard library")
     kind.add_argument("--scale", type=a.number("scale", maximum=100), metavar="X", default=5.0,
