@@ -125,37 +125,45 @@ class ConversionEngine(DeviceAccessRules):
             raise InvalidState("the engine is closed: its machine has been shut down")
         request = self.tracker.request_range(where, to_private, vcpu)
         with self._lock:
+            # A policy that holds everything this conversion leaves behind punches none of
+            # the request's own pages, so the request can leave flight as it commits.
+            holds_all = self.policy.holds(HELD_SHARED if to_private else HELD_PRIVATE)
             try:
                 for hook in self.commit_hooks:
                     hook(request)
-                conversion = self.tracker.commit(request)
+                conversion = (self.tracker.complete if holds_all else self.tracker.commit)(request)
             except BaseException:
                 self.tracker.abort(request)          # nothing changed
                 raise
+            in_flight = None if holds_all else request
             try:
                 if self.journal is not None:
                     self.journal.append(request)
                 now = self.clock()
-                runs = self._account(conversion, now) if conversion.changed else []
+                runs = self._account(conversion, now, holds_all) if conversion.changed else []
                 runs += self._due(now)
-                batch = self._claim(runs, now, request) if runs else None
+                batch = self._claim(runs, now, in_flight) if runs else None
                 if batch is None:
                     self._update_totals()
             except BaseException:
-                self.tracker.release(request)
+                if in_flight is not None:
+                    self.tracker.release(in_flight)
                 raise
         if batch is None:                            # nothing to punch: done under one lock
-            self.tracker.release(request)
+            if in_flight is not None:
+                self.tracker.release(in_flight)
             return conversion
         try:
             self._punch(batch)
         finally:
             self._settle(batch, now)
-            self.tracker.release(request)
+            if in_flight is not None:
+                self.tracker.release(in_flight)
         return conversion
 
-    def _account(self, conversion: Conversion, now: float) -> list[tuple[int, int, int]]:
-        """Book what the conversion left behind; the runs the policy discards now."""
+    def _account(self, conversion: Conversion, now: float, holds_all: bool) -> list[tuple[int, int, int]]:
+        """Book what the conversion left behind (``holds_all``: the policy's ``holds`` for the
+        side left); the runs the policy discards now."""
         entered, left = (HELD_PRIVATE, HELD_SHARED) if conversion.to_private else (HELD_SHARED, HELD_PRIVATE)
         stats = self.stats
         stats.conversions += 1
@@ -164,7 +172,6 @@ class ConversionEngine(DeviceAccessRules):
         policy, held = self.policy, self.held
         if self._on_conversion is not None:
             self._on_conversion(conversion, now)
-        holds_all = policy.holds(left)
         for gpa, size in conversion.changed:
             if holds_all:
                 reclaimed = held.hold(gpa, size, left, now)

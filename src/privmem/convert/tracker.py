@@ -148,10 +148,13 @@ class ConversionTracker:
             return sorted(self._pins.values(), key=lambda p: p.id)
 
     def complete(self, request: Request) -> Conversion:
-        """Commit a request and take it out of flight (``commit`` then ``release``)."""
-        conversion = self.commit(request)
-        self.release(request)
-        return conversion
+        """Commit a request and take it out of flight, under one hold of the lock (``commit``
+        then ``release``, for a committer with nothing to do in between)."""
+        with self._lock:
+            conversion = self._commit(request)
+            self._committed.remove(conversion.request.id)
+            del self._inflight[conversion.request.id]
+            return conversion
 
     def release(self, request: Request) -> None:
         """Take a committed request out of flight: its range is open to other requests."""
@@ -170,24 +173,27 @@ class ConversionTracker:
         request is used, not the caller's copy of it; committing twice is refused.
         O(log runs + runs replaced)."""
         with self._lock:
-            key = getattr(request, "id", None)
-            stored = self._inflight.get(key)
-            if stored is None or key in self._committed:
-                why = "already committed (release it)" if stored is not None else \
-                    "not in flight (already completed or aborted)"
-                raise InvalidState(f"cannot commit request {getattr(request, 'id', request)!r}: it is {why}")
-            self._committed.add(key)
-            request = stored
-            first, end = request.gpa >> PAGE_SHIFT, (request.gpa + request.size) >> PAGE_SHIFT
-            target = ATTR_PRIVATE if request.private else 0
-            # What changed_ranges found still holds: the request has been in flight since,
-            # its range closed to every other request.
-            changed = self._prepared.pop(key, None)
-            if changed is None:
-                changed = self._changed(first, end, target)
-            if changed:
-                self.store.assign_pages(first, end, target)
-            return Conversion(request, changed)
+            return self._commit(request)
+
+    def _commit(self, request: Request) -> Conversion:
+        key = getattr(request, "id", None)
+        stored = self._inflight.get(key)
+        if stored is None or key in self._committed:
+            why = "already committed (release it)" if stored is not None else \
+                "not in flight (already completed or aborted)"
+            raise InvalidState(f"cannot commit request {getattr(request, 'id', request)!r}: it is {why}")
+        self._committed.add(key)
+        request = stored
+        first, end = request.gpa >> PAGE_SHIFT, (request.gpa + request.size) >> PAGE_SHIFT
+        target = ATTR_PRIVATE if request.private else 0
+        # What changed_ranges found still holds: the request has been in flight since,
+        # its range closed to every other request.
+        changed = self._prepared.pop(key, None)
+        if changed is None:
+            changed = self._changed(first, end, target)
+        if changed:
+            self.store.assign_pages(first, end, target)
+        return Conversion(request, changed)
 
     def abort(self, request: Request) -> None:
         with self._lock:
