@@ -21,7 +21,7 @@ from ..errors import PrivmemError
 
 EPILOG = """examples:
   privmem bench                 the main job: every discard policy, side by side
-  privmem bench --quick         the same in about a minute
+  privmem bench --quick         the same, smaller: about 10 s
   privmem run --workload ovmf-dma --policy lazy
   privmem trace import --from qemu-log qemu.log -o guest.jsonl
   privmem run --trace guest.jsonl --policy lazy

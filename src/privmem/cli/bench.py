@@ -12,7 +12,7 @@ from .shared import add_guest, check_inputs, check_outputs, given_value, naming_
 
 BENCH_EPILOG = """examples:
   privmem bench                       every policy, boot and ovmf-dma, 1 GiB
-  privmem bench --quick               256 MiB, 2 rounds: about a minute
+  privmem bench --quick               256 MiB, 2 rounds: about 10 s
   privmem bench --memory 16G --layout q35 --vcpus 4
   privmem bench --workloads ovmf-dma --policies never,lazy:budget=8M
   privmem bench --format markdown     the table for a README or a pull request
@@ -158,7 +158,7 @@ def add_parsers(commands) -> None:
                     "splitting and in-place conversion as contrasts; print the table, save JSON and a plot.",
         epilog=BENCH_EPILOG)
     bench.add_argument("--quick", action="store_true",
-                       help="a reduced run: 256 MiB guest, 2 rounds, a quarter of the work (about a minute)")
+                       help="a reduced run: 256 MiB guest, 2 rounds, a quarter of the work (about 10 s; the full bench takes 1-2 min)")
     bench.add_argument("--workloads", type=a.choices("workloads", WORKLOADS), metavar="NAMES",
                        help=f"comma list of {a.braces(WORKLOADS)} (default: {','.join(boot.DEFAULT_WORKLOADS)})")
     bench.add_argument("--policies", type=policy_names("policies"), metavar="SPECS",
