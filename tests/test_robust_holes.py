@@ -83,3 +83,27 @@ def test_memslot_exhaustion_answers_the_guest_with_an_error_status():
         assert machine.psc_errors == 1 and result.data_errors == 0  # refused, then the run went on
         assert machine.store.has(8 * MiB, PAGE, ATTR_PRIVATE)       # the refused conversion changed nothing
         machine.check_layout()
+
+
+def test_a_conversion_cannot_punch_between_a_device_check_and_its_transfer():
+    """An eager to-private conversion used to be able to punch the shared pages a DMA had
+    just been allowed to use, so the DMA re-allocated memory the books never saw.  Now the
+    check and the transfer happen under one pin: the conversion is Busy until the device is
+    done, and nothing changed."""
+    from privmem.errors import Busy
+
+    base = 4 * MiB
+    with HostMachine("16M", 1, policy="eager") as machine:
+        engine = machine.engine
+        engine.convert(base, 2 * PAGE, False)
+        with engine.device_access(base, 2 * PAGE) as pieces:
+            with pytest.raises(Busy) as info:
+                engine.convert(base + PAGE, PAGE, True)
+            assert info.value.gpa == base + PAGE                 # the first page the device holds
+            for offset, size in pieces:                          # the transfer the check allowed
+                machine.shared.write(offset, b"\x5a" * size)
+            assert not engine.store.has(base + PAGE, PAGE, ATTR_PRIVATE)
+        assert machine.shared.read(base + PAGE, 8) == b"\x5a" * 8
+        engine.convert(base + PAGE, PAGE, True)                  # after the device: it converts, and punches
+        assert engine.store.has(base + PAGE, PAGE, ATTR_PRIVATE)
+        assert engine.shared.allocated_ranges(base + PAGE, PAGE) == []
