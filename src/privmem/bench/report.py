@@ -284,7 +284,7 @@ def print_result(console, doc: dict, fmt: str = "table", wide: bool = False) -> 
     if fmt == "table":
         console.print(table(doc, wide))
         for line in headline(doc):
-            console.print(line, soft_wrap=True)     # lines of text: the terminal wraps them, a pipe keeps them
+            console.print(line)                     # wrapped at words to the table's width (80 in a pipe)
     else:
         print(render(doc, fmt), file=console.file)
 

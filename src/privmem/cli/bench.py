@@ -53,7 +53,7 @@ def _report(bench, results, args, **settings) -> None:
     out = console(wide)
     out.print(bench.table(results, wide) if wide else bench.table(results))
     for line in bench.headline(results):
-        out.print(line, soft_wrap=True)
+        out.print(line)
     doc = document(f"bench-{args.bench_kind}", requested(**settings), {"results": bench.as_json(results)}, args.argv)
     write_json(args.json_out, doc)
     out.print(f"JSON written to {args.json_out}", soft_wrap=True)
@@ -132,7 +132,7 @@ def cmd_advise(args) -> int:
     out = console(args.wide)
     out.print(advise.table(doc, args.wide))
     for line in advise.headline(doc):
-        out.print(line, soft_wrap=True)
+        out.print(line)
     write_outputs((args.json_out, json_writer(doc)), (args.plot_out, lambda path: advise.plot(doc, path)))
     out.print(f"JSON written to {args.json_out}; plot written to {args.plot_out}", soft_wrap=True)
     return 1 if any(row["data_errors"] or row["dma_errors"] for row in doc["rows"]) else 0

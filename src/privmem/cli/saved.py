@@ -30,7 +30,7 @@ def cmd_compare(args) -> int:
         note(f"warning: {warning}")
     out = console(args.wide)
     out.print(compare.table(comparison, wide=args.wide))
-    out.print(compare.summary(comparison), soft_wrap=True)
+    out.print(compare.summary(comparison))
     if args.plot_out:
         compare.plot(comparison, args.plot_out)
         note(f"plot written to {args.plot_out}")
