@@ -110,7 +110,10 @@ def test_bench_quick_on_the_host_backend_writes_json_and_plot(tmp_path, capsys):
     report = json.loads(json_out.read_text())
     assert {row["policy"] for row in report["summary"]} == set(POLICIES)
     assert plot_out.read_bytes()[:4] == b"\x89PNG"
-    assert "ovmf-dma vs never: " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ovmf-dma vs never: " in out
+    lines = [line for line in out.splitlines() if " written to " not in line]   # paths stay whole
+    assert all(len(line) <= 80 and line == line.rstrip() for line in lines), "a pipe gets 80 columns, unpadded"
 
 
 @pytest.mark.parametrize("argv, shown", [

@@ -17,15 +17,45 @@ WIDE_PIPE_WIDTH = 200         # --wide: wide enough for every table's every colu
 PLAIN_EVERY = 2.0          # seconds between plain progress lines in a pipe
 
 
+class _TrimmedLines:
+    """stdout without the spaces rich pads table rows and wrapped lines with, so a saved
+    output diffs cleanly; a partial line waits for its end or a flush."""
+
+    def __init__(self, out):
+        self.out, self.partial = out, ""
+
+    def write(self, text: str) -> int:
+        lines = (self.partial + text).split("\n")
+        self.partial = lines.pop()
+        if lines:
+            self.out.write("".join(line.rstrip(" ") + "\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        if self.partial:
+            self.out.write(self.partial)
+            self.partial = ""
+        self.out.flush()
+
+    def isatty(self) -> bool:
+        return self.out.isatty()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.out, "encoding", "utf-8")
+
+
 def console(wide: bool = False):
     """The results console (stdout)."""
     from rich.console import Console
 
     if wide:                        # asked for every column: whole lines, whatever the terminal
-        return Console(width=WIDE_PIPE_WIDTH)
-    if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit():
+        return Console(width=WIDE_PIPE_WIDTH, file=_TrimmedLines(sys.stdout))
+    if sys.stdout.isatty():         # a terminal: rich's own colours, nothing to trim
         return Console()
-    return Console(width=PIPE_WIDTH)
+    if os.environ.get("COLUMNS", "").isdigit():
+        return Console(file=_TrimmedLines(sys.stdout))
+    return Console(width=PIPE_WIDTH, file=_TrimmedLines(sys.stdout))
 
 
 def note(text: str) -> None:
