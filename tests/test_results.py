@@ -105,6 +105,21 @@ def test_bench_throughput_compares_vcpu_counts_in_the_envelope(tmp_path, capsys)
     assert "never: 2 vCPUs convert" in out and "beside 8 punches of 256 MiB on vCPU 0" in out
 
 
+@pytest.mark.kvm
+def test_bench_conversion_puts_the_three_designs_side_by_side(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    assert main(["bench", "conversion", "--flips", "200", "--repeat", "1", "--json-out", str(path)]) == 0
+    doc = json.loads(path.read_text())
+    assert_envelope(doc, "bench-conversion")
+    designs = doc["results"]["designs"]
+    assert [row["design"] for row in designs] == ["never", "eager", "in-place"]
+    assert all(row["conversions"] == 400 and row["roundtrip_us"] > 0 and row["vmm_us"] > 0 for row in designs)
+    steps = doc["results"]["steps_us"]
+    assert set(steps) == {"eager", "in-place"} and all(us > 0 for timed in steps.values() for us in timed.values())
+    out = " ".join(capsys.readouterr().out.split())
+    assert "per conversion beyond never, guest to guest: eager" in out and "mprotect" in out
+
+
 def test_bench_throughput_refuses_counts_without_one_first(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "throughput", "--vcpus", "2,4"])

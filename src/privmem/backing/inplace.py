@@ -18,9 +18,10 @@ Both views are MADV_DONTDUMP and MADV_DONTFORK: a core dump reads even PROT_NONE
 a forked child must inherit no way to the pages.  What this cannot do that the kernel does:
 revoke a mapping another process made of the same file (the kernel unmaps it everywhere).
 
-``protect(offset, size, shared)`` changes the shared view's protection of a range;
-``zero_allocated(offset, size)`` zeroes the pages of a range that are allocated (measured with
-cachestat, so a page never touched stays unallocated: a conversion never allocates).  Host
+``change_view(offset, size, shared, zero)`` is one conversion's work on a range: the shared
+view's protection and, where asked, the zeroing of the pages that are allocated (measured with
+cachestat, so a page never touched stays unallocated: a conversion never allocates), all or
+nothing.  ``protect`` and ``zero_allocated`` are its two halves on their own.  Host
 access (``read``, ``write``, ``fill``, ``read_into``, ``fill_by_file``) goes through the
 shared view: the engine refuses private pages before a byte moves, and a raw touch of one
 faults.  ``discard`` (PUNCH_HOLE) frees and zeroes pages without changing their state.
@@ -58,6 +59,7 @@ class InPlaceBacking(Backing):
         super().__init__(fd, size, shared_view, owns_fd=owns_fd, extra_mappings=(private_view,))
         self.kind = kind
         self._private_view = private_view
+        self._counter = syscalls.CachestatCounter(fd)
         self.protection_changes = 0
         # Which pages the shared view makes accessible: host access is refused (AccessDenied)
         # anywhere else, before a byte is touched, instead of faulting the process.
@@ -96,28 +98,58 @@ class InPlaceBacking(Backing):
     # -- conversions --------------------------------------------------------------------
 
     @_locked
+    def change_view(self, offset: int, size: int, shared: bool, zero: bool) -> int:
+        """One conversion of ``[offset, offset + size)``: the shared view becomes read/write
+        (``shared``) or PROT_NONE, and the allocated pages are zeroed where ``zero`` (always
+        when they turn shared).  Returns the bytes zeroed.  All or nothing: a failed mprotect
+        changes nothing, a failure after it restores the protection.
+
+        Turning shared, the zeroing comes after the mprotect and before the host's API may
+        touch the pages (both under this lock): a failed mprotect must not cost the guest its
+        private data, and the host never reads it."""
+        self._check_range(offset, size)
+        self._mprotect(offset, size, shared)
+        try:
+            zeroed = self._zero(offset, size) if zero or shared else 0
+        except BaseException:
+            self._mprotect(offset, size, not shared)
+            raise
+        self._mark(offset, size, shared)
+        return zeroed
+
+    @_locked
     def protect(self, offset: int, size: int, shared: bool) -> None:
         """The shared view of ``[offset, offset + size)`` becomes read/write (``shared``) or
-        PROT_NONE.  mprotect makes the kernel drop the PTEs and KVM's mappings of the range
-        (its MMU notifier), so no stale view survives.  SyscallError (e.g. ENOMEM: the
-        process's limit of memory areas, vm.max_map_count) leaves the range as it was."""
+        PROT_NONE, contents untouched (``set_initial``)."""
         self._check_range(offset, size)
-        syscalls.mprotect(self._mapping.addr + offset, size, _RW if shared else _NONE)
-        self._accessible.assign_pages(offset >> PAGE_SHIFT, (offset + size) >> PAGE_SHIFT, 1 if shared else 0)
-        self.protection_changes += 1
+        self._mprotect(offset, size, shared)
+        self._mark(offset, size, shared)
 
     @_locked
     def zero_allocated(self, offset: int, size: int) -> int:
         """Zero the allocated pages of the range through the private view; returns the bytes
         zeroed.  Pages never allocated read as zero already and stay unallocated."""
         self._check_range(offset, size)
-        zeroed = 0
+        return self._zero(offset, size)
+
+    def _mprotect(self, offset: int, size: int, shared: bool) -> None:
+        # mprotect makes the kernel drop the PTEs and KVM's mappings of the range (its MMU
+        # notifier), so no stale view survives.  SyscallError (e.g. ENOMEM: the process's
+        # limit of memory areas, vm.max_map_count) leaves the range as it was.
+        syscalls.mprotect(self._mapping.addr + offset, size, _RW if shared else _NONE)
+        self.protection_changes += 1
+
+    def _mark(self, offset: int, size: int, shared: bool) -> None:
+        self._accessible.assign_pages(offset >> PAGE_SHIFT, (offset + size) >> PAGE_SHIFT, 1 if shared else 0)
+
+    def _zero(self, offset: int, size: int) -> int:
         base = self._private_view.addr
         if size == PAGE_SIZE:           # the common case: one cachestat, no bisection
-            if self._count_pages(offset, size):
+            if self._counter.allocated_pages(offset, size):
                 ctypes.memset(base + offset, 0, size)
-                zeroed = size
-            return zeroed
+                return size
+            return 0
+        zeroed = 0
         for start, length in measured_ranges(self._count_pages, offset, size):
             ctypes.memset(base + start, 0, length)
             zeroed += length

@@ -216,6 +216,26 @@ def cachestat(fd: int, offset: int, length: int, flags: int = 0) -> CacheStat:
     return CacheStat(out.nr_cache, out.nr_dirty, out.nr_writeback, out.nr_evicted, out.nr_recently_evicted)
 
 
+class CachestatCounter:
+    """cachestat(2) of one fd with its argument structs built once: the per-conversion path
+    (one call per page an in-place conversion may zero) pays the syscall, not ctypes'
+    allocations.  Not thread-safe: the caller serializes (the backing's lock)."""
+
+    def __init__(self, fd: int):
+        self._range, self._out = _cachestat_range(0, 0), _cachestat()
+        self._args = (ctypes.c_long(SYS_cachestat), ctypes.c_int(fd), ctypes.byref(self._range),
+                      ctypes.byref(self._out), ctypes.c_uint(0))
+        self._fd = fd
+
+    def allocated_pages(self, offset: int, length: int) -> int:
+        """Pages of [offset, offset + length) the file holds memory for: in the page cache
+        or swapped out (shmem counts those as evicted)."""
+        self._range.off, self._range.len = offset, length
+        if _syscall(*self._args) != 0:
+            raise _fail("cachestat", f"fd={self._fd} offset={offset:#x} len={length:#x}")
+        return self._out.nr_cache + self._out.nr_evicted
+
+
 def seek_data_extents(fd: int, offset: int, end: int) -> list[tuple[int, int]]:
     """(offset, size) extents SEEK_DATA/SEEK_HOLE reports in [offset, end).
 

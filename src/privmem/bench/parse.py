@@ -67,11 +67,10 @@ def as_json(results):
 
 
 def table(results):
-    from rich.table import Table
+    from .tables import compact
 
-    out = Table(title=f"privmem bench parse: {results[0].ops:,} trace ops, best of 3")
-    for column in ("decoder", "ops/s", "vs stdlib"):
-        out.add_column(column, justify="left" if column == "decoder" else "right")
+    out = compact(f"privmem bench parse: {results[0].ops:,} trace ops, best of 3", ("decoder", "ops/s", "vs stdlib"),
+                  left=("decoder",))
     for r in results:
         out.add_row(r.decoder, f"{r.ops_per_s:,.0f}", f"{r.vs_stdlib:.2f}x")
     return out

@@ -17,11 +17,10 @@ def as_json(results: dict) -> dict:
 
 
 def table(results: dict):
-    from rich.table import Table
+    from .tables import compact
 
-    out = Table(title="privmem bench player: guest instructions per op (single-stepped)")
-    out.add_column("op")
-    out.add_column("instructions", justify="right")
+    out = compact("privmem bench player: guest instructions per op (single-stepped)", ("op", "instructions"),
+                  left=("op",))
     for name, count in results.items():
         out.add_row(name, f"{count:.1f}")
     return out

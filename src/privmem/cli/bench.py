@@ -1,4 +1,4 @@
-"""``privmem bench`` (the main job, and its kinds: store, flipflop, parse, player) and
+"""``privmem bench`` (the main job, and its kinds: store, flipflop, conversion, throughput, parse, player) and
 ``privmem advise``: commands that run measurements and save them."""
 
 from __future__ import annotations
@@ -87,6 +87,17 @@ def cmd_bench_player(args) -> int:
     return 0
 
 
+def cmd_bench_conversion(args) -> int:
+    from ..bench import conversion
+
+    check_outputs(args, "json_out")
+    resolve_backend("kvm", "privmem bench conversion")
+    with progress("privmem bench conversion", len(conversion.DESIGNS) * args.repeat + 1) as shown:
+        report = conversion.run(args.flips, args.repeat, progress=shown.advance)
+    _report(conversion, report, args, backend="kvm", flips=args.flips, repeat=args.repeat)
+    return 0
+
+
 def cmd_bench_throughput(args) -> int:
     from ..bench import throughput
 
@@ -146,7 +157,7 @@ def _check_vcpu_counts(counts: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def add_parsers(commands) -> None:
-    from ..bench import advise, boot, flipflop, store, throughput
+    from ..bench import advise, boot, conversion, flipflop, store, throughput
     from ..bench.report import FORMATS
     from ..convert import POLICIES
     from ..workload import WORKLOADS
@@ -179,7 +190,7 @@ def add_parsers(commands) -> None:
     bench.add_argument("--wide", action="store_true", help="every column (the default table fits 80 columns)")
     bench.set_defaults(handler=cmd_bench)
 
-    kinds = bench.add_subparsers(dest="bench_kind", metavar="{store,flipflop,throughput,parse,player}",
+    kinds = bench.add_subparsers(dest="bench_kind", metavar="{store,flipflop,conversion,throughput,parse,player}",
                                  title="other benchmarks")
     guests = tuple(store.GUESTS)
     kind = kinds.add_parser("store", help="the attribute store vs a bitmap, a per-page map and the kernel's XArray",
@@ -214,6 +225,19 @@ def add_parsers(commands) -> None:
     kind.add_argument("--no-punches", action="store_true",
                       help="skip the run beside 256 MiB punches (vCPU 0 discards while vCPU 1 converts)")
     kind.set_defaults(handler=cmd_bench_throughput)
+    kind = kinds.add_parser("conversion", help="what one conversion costs in each design: never, eager, in-place "
+                                               "(kvm)",
+                            description="One page flipped and touched on one KVM guest per design (two-file "
+                                        "under never and eager, in-place), side by side; then the host-side "
+                                        "steps each adds: punch and re-fault, protection change and zeroing.")
+    kind.add_argument("--flips", type=a.count("flips", maximum=conversion.MAX_FLIPS), metavar=a.COUNT,
+                      default=10_000, help=f"round trips per round, at most {conversion.MAX_FLIPS:,} "
+                                           "(default: %(default)s)")
+    kind.add_argument("--repeat", type=a.count("repeat", maximum=boot.MAX_REPEAT), metavar=a.COUNT, default=3,
+                      help="interleaved rounds (default: %(default)s)")
+    kind.add_argument("--json-out", metavar=a.FILE, default="privmem-bench-conversion.json",
+                      help="the saved result (default: %(default)s)")
+    kind.set_defaults(handler=cmd_bench_conversion)
     kind = kinds.add_parser("parse", help="trace parsing rate: msgspec (the reader) vs the standard library")
     kind.add_argument("--scale", type=a.number("scale", maximum=100), metavar="X", default=5.0,
                       help="size of the random trace parsed, at most 100 (default: %(default)s: 50k ops)")

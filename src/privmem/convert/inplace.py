@@ -157,21 +157,15 @@ class InPlaceEngine(DeviceAccessRules):
         return conversion
 
     def _change(self, changed, to_private: bool, mode: str) -> None:
-        """Protections and contents of the changed ranges, undone if a step fails."""
+        """Protections and contents of the changed ranges (each piece all or nothing in the
+        backing), the pieces already done undone if a later one fails."""
         backing, done = self.backing, []
-        zeroed = 0
+        zeroed, zero = 0, mode == ZERO
         try:
             for gpa, size in changed:
                 for offset, length in self.memory_map.pieces(gpa, size):
-                    if to_private:
-                        backing.protect(offset, length, shared=False)          # revoke first
-                        done.append((offset, length))
-                        if mode == ZERO:
-                            zeroed += backing.zero_allocated(offset, length)
-                    else:
-                        zeroed += backing.zero_allocated(offset, length)       # nothing private shows
-                        backing.protect(offset, length, shared=True)
-                        done.append((offset, length))
+                    zeroed += backing.change_view(offset, length, not to_private, zero)
+                    done.append((offset, length))
             if self.native is not None:
                 for gpa, size in changed:
                     for offset, length in self.memory_map.pieces(gpa, size):
