@@ -131,3 +131,13 @@ def test_bad_arguments_name_the_field_and_value(argv, shown, capsys):
 def test_missing_trace_file_is_a_clear_error(capsys):
     assert main(["run", "--trace", "/nonexistent/t.jsonl", "--backend", "host"]) == 2
     assert "/nonexistent/t.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["bnech"], "invalid choice: 'bnech'; did you mean 'bench'?"),
+    (["bench", "conversoin"], "invalid choice: 'conversoin'; did you mean 'conversion'?"),
+])
+def test_a_mistyped_command_gets_the_closest_name(argv, shown, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and shown in capsys.readouterr().err

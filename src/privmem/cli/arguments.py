@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import re
 import textwrap
 
 from ..errors import InvalidArgument
@@ -32,12 +33,26 @@ class HelpFormatter(argparse.HelpFormatter):
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)$")
+
+
 class Parser(argparse.ArgumentParser):
-    """Every privmem parser: the formatter above."""
+    """Every privmem parser: the formatter above, and the closest name for a mistyped
+    command (argparse's own message lists the choices but guesses none)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        mistyped = _INVALID_CHOICE.search(message)
+        if mistyped:
+            names = [name.strip().strip("'") for name in mistyped.group(2).split(",")]
+            close = difflib.get_close_matches(mistyped.group(1), names, n=1, cutoff=0.6)
+            if close:
+                message = f"{message[:mistyped.start()]}invalid choice: {mistyped.group(1)!r}; did you mean " \
+                          f"{close[0]!r}? (choose from {', '.join(names)})"
+        super().error(message)
 
 
 def argument_type(field: str, parse_value):

@@ -190,7 +190,7 @@ def add_parsers(commands) -> None:
     bench.add_argument("--wide", action="store_true", help="every column (the default table fits 80 columns)")
     bench.set_defaults(handler=cmd_bench)
 
-    kinds = bench.add_subparsers(dest="bench_kind", metavar="{store,flipflop,conversion,throughput,parse,player}",
+    kinds = bench.add_subparsers(dest="bench_kind", metavar="{store,flipflop,throughput,conversion,parse,player}",
                                  title="other benchmarks")
     guests = tuple(store.GUESTS)
     kind = kinds.add_parser("store", help="the attribute store vs a bitmap, a per-page map and the kernel's XArray",
