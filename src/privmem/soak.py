@@ -224,7 +224,7 @@ def format_soak(result: dict) -> str:
     ok = not (result["data_errors"] or result["dma_errors"] or result["psc_errors"] or result["state_errors"])
     return "\n".join([
         f"soak on {result['backend']} ({format_size(result['memory'])}, {result['vcpus']} vCPU), "
-        f"policy {result['policy']}, seed {result['seed']}: {result['seconds']:.1f} s, {result['chunks']} chunks, "
+        f"policy {result['policy']}, seed {result['seed']}: {result['seconds']:.1f} s, {result['chunks']:,} chunks, "
         f"{result['ops']:,} ops",
         f"conversions {result['conversions']:,} ({result['conversions_per_s']:,.0f}/s, "
         f"{result['pages_converted']:,} pages), retries {result['psc_retries']:,}, discards {result['discards']:,}, "
