@@ -1,12 +1,17 @@
 """The command line: every subcommand's happy path, printing figures and writing files."""
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
+import privmem
 from privmem.cli import main
+from privmem.cli.run import run_failed, run_fields
 from privmem.convert import POLICIES
+from privmem.errors import InvalidArgument
+from privmem.workload import generate
 
 DATA = Path(__file__).parent / "data"
 
@@ -141,3 +146,22 @@ def test_a_mistyped_command_gets_the_closest_name(argv, shown, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2 and shown in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--scale", "1e9"], ["bench", "--scale", "33"], ["trace", "generate", "boot", "-o", "x", "--scale", "1e9"],
+])
+def test_generation_scale_is_bounded_before_anything_is_allocated(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and "at most 32" in capsys.readouterr().err
+    with pytest.raises(InvalidArgument, match="at most 32"):
+        generate("boot", memory=1 << 30, scale=1e9)
+
+
+def test_psc_errors_fail_the_run_and_show_in_its_summary():
+    result = privmem.run("ovmf-dma", backend="host", memory="64M", scale=0.02)
+    assert not run_failed(result) and ("PSC errors", "0") in run_fields(result)
+    refused = dataclasses.replace(result, psc_errors=2)
+    assert run_failed(refused) and ("PSC errors", "2") in run_fields(refused)
+    assert ("verdict", "FAILED") in run_fields(refused)
