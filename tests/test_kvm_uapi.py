@@ -130,3 +130,12 @@ def test_constants():
     assert uapi.KVM_HC_MAP_GPA_RANGE == 12
     assert (uapi.KVM_MAP_GPA_RANGE_ENCRYPTED, uapi.KVM_MAP_GPA_RANGE_PAGE_SZ_2M) == (0x10, 1)
     assert (uapi.KVM_EPERM, uapi.KVM_EINVAL, uapi.KVM_ENOSYS) == (1, 22, 1000)
+
+
+def test_the_private_attribute_is_defined_once_and_is_the_kernels():
+    from privmem.attrs import ATTR_PRIVATE
+    from privmem.vmm import machine, memslots
+
+    assert ATTR_PRIVATE == uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE == 1 << 3
+    assert not hasattr(machine, "ATTR_PRIVATE") or machine.ATTR_PRIVATE is ATTR_PRIVATE
+    assert not hasattr(memslots, "ATTR_PRIVATE") or memslots.ATTR_PRIVATE is ATTR_PRIVATE

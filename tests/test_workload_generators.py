@@ -6,7 +6,7 @@ from collections import defaultdict
 import pytest
 
 from privmem import PAGE_SIZE, InvalidArgument
-from privmem.workload import (DEFAULT_WORKLOAD, RESERVED, WORKLOADS, Op, Trace, check_trace, generate, summary,
+from privmem.workload import (DEFAULT_WORKLOAD, WORKLOADS, Op, Trace, check_trace, generate, summary,
                               swiotlb_size)
 from privmem.workload.generators import boot_layout
 from privmem.units import parse_size
@@ -73,10 +73,10 @@ def test_consistent_and_placed(traces, name, memory, vcpus):
     trace = traces[(name, memory, vcpus)]
     assert (trace.name, trace.memory, trace.vcpus) == (name, memory, vcpus)
     assert trace.ops
-    assert min(op.gpa for op in trace.ops) >= RESERVED
+    assert min(op.gpa for op in trace.ops) >= 0                 # a trace owns every page, page 0 too
     assert max(op.end for op in trace.ops) <= memory
     assert {op.vcpu for op in trace.ops} == set(range(vcpus))
-    result = check_trace(trace, reserved=RESERVED)        # views, data, ownership
+    result = check_trace(trace)        # views, data, ownership
     naive = naive_replay(trace)
     assert sum(1 for s in naive.values() if s == "shared") == result.shared_pages
 
@@ -210,7 +210,7 @@ def test_random_overlaps():
 
 def boot_free_start(trace):
     # the common window follows the per-vCPU 1 MiB windows, 2 MiB aligned
-    return RESERVED + ((trace.vcpus * MiB + 2 * MiB - 1) // (2 * MiB)) * 2 * MiB
+    return ((trace.vcpus * MiB + 2 * MiB - 1) // (2 * MiB)) * 2 * MiB
 
 
 def test_boot_composition():
@@ -233,7 +233,7 @@ def test_boot_composition():
     assert layout["accept"][0][0] == 512 * MiB and sum(s for _, s in layout["accept"]) == 512 * MiB
     s = summary(trace)
     assert s["by_kind"]["touch"] == 32                                     # 25% of 128 chunks
-    check_trace(trace, reserved=RESERVED)
+    check_trace(trace)
 
 
 def test_scale_multiplies():

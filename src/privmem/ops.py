@@ -53,7 +53,8 @@ from .units import PAGE_SIZE, is_page_aligned
 
 KINDS = ("convert", "write", "verify", "dma_in", "dma_out", "touch")
 VIEWS = ("private", "shared")
-MAX_VCPUS = 4096          # KVM_MAX_VCPUS on x86 since 6.x: what a trace may name
+TRACE_MAX_VCPUS = 4096    # KVM_MAX_VCPUS on x86 since 6.x: what a trace may name (a machine runs up to
+                          # vmm.machine.MAX_VCPUS of them)
 ADDRESS_LIMIT = 1 << 64
 
 # Per kind: the optional fields it requires; every other optional field must be None.
@@ -98,7 +99,7 @@ class Op:
         # second); the checks that name the offending field run only when it fails.
         gpa, size, vcpu, pattern, t = self.gpa, self.size, self.vcpu, self.pattern, self.t
         if (type(gpa) is int and type(size) is int and type(vcpu) is int and gpa >= 0 and size > 0
-                and not (gpa | size) & _PAGE_MASK and gpa + size <= ADDRESS_LIMIT and 0 <= vcpu < MAX_VCPUS
+                and not (gpa | size) & _PAGE_MASK and gpa + size <= ADDRESS_LIMIT and 0 <= vcpu < TRACE_MAX_VCPUS
                 and _SHAPES.get(self.kind) == (self.to is not None, self.view is not None, pattern is not None)
                 and (self.to is None or self.to in VIEWS) and (self.view is None or self.view in VIEWS)
                 and (pattern is None or (type(pattern) is int and 0 <= pattern <= 255))
@@ -123,8 +124,8 @@ class Op:
             raise InvalidArgument("size", self.size, f"not a multiple of {PAGE_SIZE}")
         if self.gpa + self.size > ADDRESS_LIMIT:
             raise InvalidArgument("size", self.size, "range wraps past 2**64")
-        if self.vcpu >= MAX_VCPUS:
-            raise InvalidArgument("vcpu", self.vcpu, f"must be < {MAX_VCPUS}", hex_value=False)
+        if self.vcpu >= TRACE_MAX_VCPUS:
+            raise InvalidArgument("vcpu", self.vcpu, f"must be < {TRACE_MAX_VCPUS}", hex_value=False)
         required = REQUIRED[self.kind]
         for name in OPTIONAL_FIELDS:
             value = getattr(self, name)
@@ -220,8 +221,8 @@ def check_memory(memory: object, field: str = "memory") -> int:
 def check_vcpus(vcpus: object, field: str = "vcpus") -> int:
     if not _is_int(vcpus):
         raise InvalidArgument(field, vcpus, "must be an integer", hex_value=False)
-    if not 1 <= vcpus <= MAX_VCPUS:
-        raise InvalidArgument(field, vcpus, f"must be in 1..{MAX_VCPUS}", hex_value=False)
+    if not 1 <= vcpus <= TRACE_MAX_VCPUS:
+        raise InvalidArgument(field, vcpus, f"must be in 1..{TRACE_MAX_VCPUS}", hex_value=False)
     return vcpus
 
 

@@ -68,7 +68,7 @@ def cmd_trace_generate(args) -> int:
 
 def add_parsers(commands) -> None:
     from ..memmap import LAYOUTS
-    from ..ops import MAX_VCPUS
+    from ..ops import TRACE_MAX_VCPUS
     from ..workload import IMPORTERS, WORKLOADS
     from ..workload.stats import DEFAULT_FLIP_MS
     from .shared import guest_limits
@@ -82,7 +82,7 @@ def add_parsers(commands) -> None:
     gen.add_argument("workload", type=a.choice("workload", WORKLOADS), metavar="WORKLOAD",
                      help=f"{', '.join(WORKLOADS)} (privmem list workloads says what each does)")
     gen.add_argument("-o", "--output", metavar=a.FILE, required=True, help="the trace to write (atomically)")
-    add_guest(gen, memory_default="1G", backend=False, max_vcpus=MAX_VCPUS)
+    add_guest(gen, memory_default="1G", backend=False, max_vcpus=TRACE_MAX_VCPUS)
 
     imp = kinds.add_parser("import", help="convert a recording (QEMU log, trace-cmd report, perf script) into "
                                           "a privmem trace", epilog=IMPORT_EPILOG)
@@ -96,7 +96,7 @@ def add_parsers(commands) -> None:
                      help="guest RAM (default: the smallest that holds the highest address converted)")
     imp.add_argument("--layout", type=a.choice("layout", LAYOUTS), metavar=a.braces(LAYOUTS),
                      help="guest-physical layout (default: q35 when anything lies above 4 GiB, else flat)")
-    imp.add_argument("--vcpus", type=a.count("vcpus", maximum=MAX_VCPUS), metavar=a.COUNT,
+    imp.add_argument("--vcpus", type=a.count("vcpus", maximum=TRACE_MAX_VCPUS), metavar=a.COUNT,
                      help="vCPUs in the trace; threads beyond N share vCPUs round-robin (default: one per "
                           "vCPU thread the recording shows)")
     imp.add_argument("--strict", action="store_true",

@@ -33,6 +33,7 @@ import os
 import threading
 import time
 
+from ..attrs.validate import ATTR_PRIVATE
 from ..convert.drainer import Drainer
 from ..errors import InvalidArgument, InvalidState, Unsupported
 from ..kvm import Kvm, uapi
@@ -54,7 +55,6 @@ from .vcpus import VcpuRunner, VcpuStats
 
 MAX_MEMORY = 4 * TiB
 MAX_VCPUS = 64
-ATTR_PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
 _DISPATCH_ENTRIES = 256
 _EXIT_NAMES = uapi.EXIT_REASON_NAMES
 

@@ -31,13 +31,13 @@ the whole VM, the price the rejected design pays on top of the ioctls.
 
 from __future__ import annotations
 
+from ..attrs.validate import ATTR_PRIVATE
 from ..errors import InvalidState, Unsupported
 from ..kvm import uapi
 from ..kvm.system import DEV_KVM
 from .machine import Machine
 from .slotplan import PRIVATE_VIEW, SHARED_VIEW, VIEWS, Plan, SlotLayout
 
-ATTR_PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
 DEFAULT_MAX_SLOTS = 32764          # KVM_CAP_NR_MEMSLOTS on this host (used if the cap reads 0)
 
 

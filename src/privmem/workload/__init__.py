@@ -1,7 +1,7 @@
 """Workloads: the op model and trace format shared by both backends, the generators, the
 importers of real recordings and trace statistics.  Pure logic (no ctypes, fcntl or mmap)."""
 
-from .generators import (DEFAULT_WORKLOAD, GENERATORS, MAX_SCALE, RESERVED, WORKLOADS, Workload, generate,
+from .generators import (DEFAULT_WORKLOAD, GENERATORS, MAX_SCALE, WORKLOADS, Workload, generate,
                          swiotlb_size, workload)
 from .model import ModelResult, check_trace, summary
 from ..ops import KINDS, VIEWS, Op, Trace
@@ -11,7 +11,7 @@ from .trace import FORMAT_VERSION, TraceReader, dumps_trace, loads_trace, read_t
 
 __all__ = [
     "DEFAULT_WORKLOAD", "FORMAT_VERSION", "GENERATORS", "IMPORTERS", "ImportReport", "KINDS", "MAX_SCALE",
-    "ModelResult", "Op", "RESERVED", "Trace", "TraceReader", "TraceStats", "VIEWS", "WORKLOADS", "Workload",
+    "ModelResult", "Op", "Trace", "TraceReader", "TraceStats", "VIEWS", "WORKLOADS", "Workload",
     "check_trace", "dumps_trace", "generate", "import_file", "import_qemu_log", "import_trace", "loads_trace",
     "read_trace", "summary", "swiotlb_size", "trace_stats", "workload", "write_trace",
 ]

@@ -45,10 +45,9 @@ from ..units import GiB, MiB, PAGE_SIZE, format_size, format_size_exact, is_page
 from .model import summary
 from ..ops import Op, Trace, check_memory, check_vcpus, convert, dma_in, dma_out, touch, verify, write
 
-__all__ = ["DEFAULT_WORKLOAD", "GENERATORS", "RESERVED", "WORKLOADS", "Workload", "generate", "summary",
+__all__ = ["DEFAULT_WORKLOAD", "GENERATORS", "WORKLOADS", "Workload", "generate", "summary",
            "swiotlb_size", "workload"]
 
-RESERVED = 0
 CHUNK = 2 * MiB                      # conversion granule for bulk conversions (PSC 2M entry, MapGPA chunk)
 ACCEPT_CHUNK = 4 * MiB               # Linux accepts "typically ... in 4M chunks"
 OVMF_TRANSACTIONS = 5000             # grub boot: ~5,100 DMA operations (edk2 c4e76d2fba)
@@ -429,7 +428,7 @@ def _random_steps(rng: random.Random, own_base: int, own_size: int, shared_base:
 # ---------------------------------------------------------------------------------------------
 # workloads: each registers its builder with @workload, in the order `list` shows them
 
-def boot_layout(memory: int, vcpus: int, reserved: int = RESERVED) -> dict:
+def boot_layout(memory: int, vcpus: int, reserved: int = 0) -> dict:
     """Where the ``boot`` phases live: {"firmware", "coherent", "swiotlb", "accept"} ->
     (gpa, size) (coherent/swiotlb/accept as a list of per-vCPU parts)."""
     start = _align_up(reserved, CHUNK)
@@ -593,7 +592,7 @@ def _scatter(memory, vcpus, seed, scale, reserved):
 
 
 def generate(name: str = DEFAULT_WORKLOAD, memory: int = 1 * GiB, vcpus: int = 1, seed: int = 0,
-             scale: float = 1.0, reserved: int = RESERVED, layout: str | None = None,
+             scale: float = 1.0, reserved: int = 0, layout: str | None = None,
              memory_map: GuestMemoryMap | None = None) -> Trace:
     """Build workload ``name`` (see WORKLOADS) for a guest of ``memory`` bytes of RAM and
     ``vcpus`` vCPUs, laid out by ``layout`` (or ``memory_map``, whose RAM then sets

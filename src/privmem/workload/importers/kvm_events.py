@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from ...ops import MAX_VCPUS
+from ...ops import TRACE_MAX_VCPUS
 from .events import Dropped, LineResult, Malformed, Skipped, Thread, frame_range, hex_value, stamp_ns
 
 SET_ATTRIBUTES_EVENTS = ("kvm_vm_set_mem_attributes", "kvm_set_vm_mem_attributes")
@@ -48,7 +48,7 @@ def thread_of(tid: int, comm: str) -> Thread:
     """The thread, with its vCPU when QEMU named it ("CPU 3/KVM")."""
     named = _VCPU_THREAD.fullmatch(comm)
     vcpu = int(named.group(1)) if named else None
-    return Thread(tid, comm, vcpu if vcpu is not None and vcpu < MAX_VCPUS else None)
+    return Thread(tid, comm, vcpu if vcpu is not None and vcpu < TRACE_MAX_VCPUS else None)
 
 
 def _bare_hex(text: str, name: str) -> int:
@@ -83,8 +83,8 @@ def parse_payload(event: str, info: str, thread: Thread, stamp: int | None) -> L
         if request & GHCB_MSR_INFO_MASK != GHCB_MSR_PSC_REQ:
             return Skipped("SNP MSR-protocol request other than a page-state change")
         vcpu = int(match.group(1))
-        if vcpu >= MAX_VCPUS:
-            raise Malformed(f"vcpu {vcpu} is not below {MAX_VCPUS}")
+        if vcpu >= TRACE_MAX_VCPUS:
+            raise Malformed(f"vcpu {vcpu} is not below {TRACE_MAX_VCPUS}")
         operation = request >> GHCB_MSR_PSC_OP_SHIFT & GHCB_MSR_PSC_OP_MASK
         if operation not in (SNP_PAGE_STATE_PRIVATE, SNP_PAGE_STATE_SHARED):
             raise Malformed(f"unknown page-state operation {operation} in ghcb_gpa {request:#x}")

@@ -13,10 +13,10 @@ more is reported and skipped.
 
 from __future__ import annotations
 
-from ...ops import MAX_VCPUS
+from ...ops import TRACE_MAX_VCPUS
 from .events import Thread
 
-MAX_THREADS = MAX_VCPUS
+MAX_THREADS = TRACE_MAX_VCPUS
 NO_THREAD = 0xFFFF              # the index of "no thread" (fits the spool's 16-bit field)
 
 
