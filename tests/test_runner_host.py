@@ -51,3 +51,25 @@ def test_unknown_backend_or_tracking_names_the_field():
         run_trace(trace, backend="vmware")
     with pytest.raises(InvalidArgument, match="tracking"):
         run_trace(trace, backend="host", tracking="memslots")
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("workload", ["ovmf-dma", "scatter"])
+def test_both_machines_count_the_same_trace_alike(workload):
+    """One machine interface: the counters of one trace mean the same on KVM and on the host
+    backend (conversions, the engine's changed pages, errors), and exit names share the
+    uAPI's spelling."""
+    from privmem.kvm import uapi
+    from privmem.vmm import Machine
+
+    trace = generate(workload, memory=MEMORY, vcpus=1, seed=3, scale=0.02)
+    results = {}
+    for cls in (Machine, HostMachine):
+        with cls(MEMORY, 1, policy="eager") as machine:
+            results[cls.__name__] = machine.run_ops(trace.ops)
+    kvm, host = results["Machine"], results["HostMachine"]
+    for name in ("conversions", "pages_converted", "data_errors", "dma_errors", "psc_errors"):
+        assert getattr(kvm, name) == getattr(host, name), name
+    assert kvm.conversions > 0 and kvm.data_errors == 0
+    for result in (kvm, host):
+        assert "io" in result.exits_by_reason and set(result.exits_by_reason) <= set(uapi.EXIT_REASON_NAMES.values())
