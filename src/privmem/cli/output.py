@@ -139,10 +139,14 @@ def progress(title: str, total: int | None = None):
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Column
 
-    columns = [TextColumn("[progress.description]{task.description}"), BarColumn()]
+    # The description takes what the counts, a short bar and the clock leave, and is the one
+    # cut ("...") on a narrow terminal: the count and the elapsed time always show.
+    description = Column(ratio=1, no_wrap=True, overflow="ellipsis")
+    columns = [TextColumn("[progress.description]{task.description}", table_column=description), BarColumn(20)]
     columns += [MofNCompleteColumn()] if total else []
-    with Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+    with Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), transient=True, expand=True) as bar:
         yield _BarProgress(bar, bar.add_task(title, total=total))
 
 
