@@ -118,6 +118,23 @@ def test_conversion_before_allocation_allocates_nothing_and_reads_zero(make):
     assert backing.read(0, PAGE) == bytes(PAGE)
 
 
+def test_zeroing_falls_back_to_the_accounting_cachestat_where_the_fast_one_fails(make, monkeypatch):
+    import errno
+
+    from privmem.errors import SyscallError
+
+    engine, backing = make(initial_shared=True)
+    backing.write(0, b"\x5a" * 8)
+
+    def failing(offset, length):
+        raise SyscallError("cachestat", errno.ENOSYS)
+
+    monkeypatch.setattr(backing._counter, "allocated_pages", failing)
+    engine.convert(0, PAGE, True)
+    engine.convert(0, PAGE, False)
+    assert backing.read(0, 8) == bytes(8) and engine.stats.zeroed_bytes == 2 * PAGE
+
+
 def test_mixed_allocated_and_unallocated_pages(make):
     engine, backing = make(initial_shared=True)
     for page in (0, 2, 4, 6):

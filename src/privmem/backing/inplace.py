@@ -32,7 +32,7 @@ from __future__ import annotations
 import ctypes
 
 from ..attrs.ranges import MemoryAttributes
-from ..errors import AccessDenied
+from ..errors import AccessDenied, SyscallError
 from ..units import PAGE_SHIFT, PAGE_SIZE
 from . import syscalls
 from .accounting import measured_ranges
@@ -145,7 +145,11 @@ class InPlaceBacking(Backing):
     def _zero(self, offset: int, size: int) -> int:
         base = self._private_view.addr
         if size == PAGE_SIZE:           # the common case: one cachestat, no bisection
-            if self._counter.allocated_pages(offset, size):
+            try:
+                allocated = self._counter.allocated_pages(offset, size)
+            except SyscallError:        # say it as the accounting does (ENOSYS: Unsupported)
+                allocated = self._count_pages(offset, size)
+            if allocated:
                 ctypes.memset(base + offset, 0, size)
                 return size
             return 0
