@@ -156,6 +156,22 @@ def _check_vcpu_counts(counts: tuple[int, ...]) -> tuple[int, ...]:
     return counts
 
 
+def _bench_kind(kinds, name: str, handler, **parser_args):
+    """One ``privmem bench KIND`` parser, with its own saved result (privmem-bench-KIND.json)."""
+    kind = kinds.add_parser(name, **parser_args)
+    kind.add_argument("--json-out", metavar=a.FILE, default=f"privmem-bench-{name}.json",
+                      help="the saved result (default: %(default)s)")
+    kind.set_defaults(handler=handler)
+    return kind
+
+
+def _add_repeat(kind) -> None:
+    from ..bench.boot import MAX_REPEAT
+
+    kind.add_argument("--repeat", type=a.count("repeat", maximum=MAX_REPEAT), metavar=a.COUNT, default=3,
+                      help="interleaved rounds (default: %(default)s)")
+
+
 def add_parsers(commands) -> None:
     from ..bench import advise, boot, conversion, flipflop, store, throughput
     from ..bench.report import FORMATS
@@ -169,7 +185,8 @@ def add_parsers(commands) -> None:
                     "splitting and in-place conversion as contrasts; print the table, save JSON and a plot.",
         epilog=BENCH_EPILOG)
     bench.add_argument("--quick", action="store_true",
-                       help="a reduced run: 256 MiB guest, 2 rounds, a quarter of the work (about 10 s; the full bench takes 1-2 min)")
+                       help="a reduced run: 256 MiB guest, 2 rounds, a quarter of the work (about 10 s; the "
+                            "full bench takes 1-2 min)")
     bench.add_argument("--workloads", type=a.choices("workloads", WORKLOADS), metavar="NAMES",
                        help=f"comma list of {a.braces(WORKLOADS)} (default: {','.join(boot.DEFAULT_WORKLOADS)})")
     bench.add_argument("--policies", type=policy_names("policies"), metavar="SPECS",
@@ -193,24 +210,21 @@ def add_parsers(commands) -> None:
     kinds = bench.add_subparsers(dest="bench_kind", metavar="{store,flipflop,throughput,conversion,parse,player}",
                                  title="other benchmarks")
     guests = tuple(store.GUESTS)
-    kind = kinds.add_parser("store", help="the attribute store vs a bitmap, a per-page map and the kernel's XArray",
-                            description="Build, query and convert the conversion-state store against a bitmap, "
-                                        "a per-page map and the kernel's per-page XArray (modelled), on "
-                                        "well-behaved, fragmented and hostile guests.")
+    kind = _bench_kind(kinds, "store", cmd_bench_store,
+                       help="the attribute store vs a bitmap, a per-page map and the kernel's XArray",
+                       description="Build, query and convert the conversion-state store against a bitmap, a "
+                                   "per-page map and the kernel's per-page XArray (modelled), on well-behaved, "
+                                   "fragmented and hostile guests.")
     kind.add_argument("--guests", type=a.choices("guests", guests), metavar="NAMES", default=guests,
                       help=f"comma list of {a.braces(guests)} (default: all)")
     kind.add_argument("--no-pagemap", action="store_true", help="skip the per-page map (slow on big guests)")
     kind.add_argument("--wide", action="store_true", help="every column (the default table fits 80 columns)")
-    kind.add_argument("--json-out", metavar=a.FILE, default="privmem-bench-store.json",
-                      help="the saved result (default: %(default)s)")
-    kind.set_defaults(handler=cmd_bench_store)
-    kind = kinds.add_parser("flipflop", help="one page converted back and forth under every policy")
+    kind = _bench_kind(kinds, "flipflop", cmd_bench_flipflop,
+                       help="one page converted back and forth under every policy")
     kind.add_argument("--flips", type=a.count("flips", maximum=flipflop.MAX_FLIPS), metavar=a.COUNT,
                       default=10_000, help=f"round trips, at most {flipflop.MAX_FLIPS:,} (default: %(default)s)")
-    kind.add_argument("--json-out", metavar=a.FILE, default="privmem-bench-flipflop.json",
-                      help="the saved result (default: %(default)s)")
-    kind.set_defaults(handler=cmd_bench_flipflop)
-    kind = kinds.add_parser("throughput", help="one-page conversions per second with 1 and 2 vCPUs (kvm)")
+    kind = _bench_kind(kinds, "throughput", cmd_bench_throughput,
+                       help="one-page conversions per second with 1 and 2 vCPUs (kvm)")
     kind.add_argument("--vcpus", dest="vcpus_list", type=a.listed("vcpus", a.count("vcpus", maximum=64),
                                                                   _check_vcpu_counts), metavar="COUNTS",
                       default=(1, 2), help="comma list of vCPU counts, 1 first (default: 1,2)")
@@ -218,36 +232,24 @@ def add_parsers(commands) -> None:
                       help="comma list of policies (default: never,eager)")
     kind.add_argument("--conversions", type=a.count("conversions", minimum=2, maximum=throughput.MAX_CONVERSIONS),
                       metavar=a.COUNT, default=20_000, help="conversions per vCPU per round (default: %(default)s)")
-    kind.add_argument("--repeat", type=a.count("repeat", maximum=boot.MAX_REPEAT), metavar=a.COUNT, default=3,
-                      help="interleaved rounds (default: %(default)s)")
-    kind.add_argument("--json-out", metavar=a.FILE, default="privmem-bench-throughput.json",
-                      help="the saved result (default: %(default)s)")
+    _add_repeat(kind)
     kind.add_argument("--no-punches", action="store_true",
                       help="skip the run beside 256 MiB punches (vCPU 0 discards while vCPU 1 converts)")
-    kind.set_defaults(handler=cmd_bench_throughput)
-    kind = kinds.add_parser("conversion", help="what one conversion costs in each design: never, eager, in-place "
-                                               "(kvm)",
-                            description="One page flipped and touched on one KVM guest per design (two-file "
-                                        "under never and eager, in-place), side by side; then the host-side "
-                                        "steps each adds: punch and re-fault, protection change and zeroing.")
+    kind = _bench_kind(kinds, "conversion", cmd_bench_conversion,
+                       help="what one conversion costs in each design: never, eager, in-place (kvm)",
+                       description="One page flipped and touched on one KVM guest per design (two-file under "
+                                   "never and eager, in-place), side by side; then the host-side steps each "
+                                   "adds: punch and re-fault, protection change and zeroing.")
     kind.add_argument("--flips", type=a.count("flips", maximum=conversion.MAX_FLIPS), metavar=a.COUNT,
                       default=10_000, help=f"round trips per round, at most {conversion.MAX_FLIPS:,} "
                                            "(default: %(default)s)")
-    kind.add_argument("--repeat", type=a.count("repeat", maximum=boot.MAX_REPEAT), metavar=a.COUNT, default=3,
-                      help="interleaved rounds (default: %(default)s)")
-    kind.add_argument("--json-out", metavar=a.FILE, default="privmem-bench-conversion.json",
-                      help="the saved result (default: %(default)s)")
-    kind.set_defaults(handler=cmd_bench_conversion)
-    kind = kinds.add_parser("parse", help="trace parsing rate: msgspec (the reader) vs the standard library")
+    _add_repeat(kind)
+    kind = _bench_kind(kinds, "parse", cmd_bench_parse,
+                       help="trace parsing rate: msgspec (the reader) vs the standard library")
     kind.add_argument("--scale", type=a.number("scale", maximum=100), metavar="X", default=5.0,
                       help="size of the random trace parsed, at most 100 (default: %(default)s: 50k ops)")
-    kind.add_argument("--json-out", metavar=a.FILE, default="privmem-bench-parse.json",
-                      help="the saved result (default: %(default)s)")
-    kind.set_defaults(handler=cmd_bench_parse)
-    kind = kinds.add_parser("player", help="guest instructions per op in the trace player (kvm, single-stepped)")
-    kind.add_argument("--json-out", metavar=a.FILE, default="privmem-bench-player.json",
-                      help="the saved result (default: %(default)s)")
-    kind.set_defaults(handler=cmd_bench_player)
+    _bench_kind(kinds, "player", cmd_bench_player,
+                help="guest instructions per op in the trace player (kvm, single-stepped)")
 
     advice = commands.add_parser(
         "advise", help="sweep lazy/adaptive budgets and ages: the Pareto front of time against double "

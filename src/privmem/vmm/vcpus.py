@@ -194,12 +194,8 @@ class VcpuRunner:
                 if port == port_nop:
                     continue
                 handler = ports.get(port)
-                if handler is None:
-                    unhandled(index, reason)
-                elif handler(index):
-                    return
-                continue
-            handler = handlers.get(reason)
+            else:
+                handler = handlers.get(reason)
             if handler is None:
                 unhandled(index, reason)
             elif handler(index):
