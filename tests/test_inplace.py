@@ -185,6 +185,7 @@ def test_a_pinned_page_refuses_to_private_with_its_address_then_converts_after_u
         engine.convert(0, 4 * PAGE, True)
     assert info.value.gpa == 2 * PAGE                             # the ABI's error_offset
     assert all(engine.store.get(p * PAGE) == 0 for p in range(4))  # nothing changed
+    assert engine.stats.pinned_refusals == 1
     backing.write(0, b"\x01" * PAGE)                              # the host still reaches every page
     engine.tracker.unpin(pin)
     engine.convert(0, 4 * PAGE, True)

@@ -6,7 +6,6 @@ import re
 import sys
 
 UNKNOWN, SHARED, SINGLE, MIXED = 0, 1, 2, 3
-CODE_NAMES = ("unknown", "shared", "single", "mixed")
 _KNOWN = re.compile(rb"[^\x00]")
 MIN_SHIFT = 6     # blocks of at least 64 pages: the cache costs at most 1/8 of a bitmap of its extent
 LOG_BLOCKS = 14   # at most 16,384 blocks: 16 KiB, whatever the store covers

@@ -12,14 +12,14 @@ from ..units import PAGE_SHIFT, PAGE_SIZE
 
 
 class DeviceAccessRules:
-    """Mixed into an engine that has ``memory_map``, ``store``, ``tracker`` and ``_lock``
-    (the lock its commits take)."""
+    """Mixed into an engine that has ``memory_map``, ``store`` and ``tracker``.  The store is
+    read under the tracker's lock, which every commit takes, whatever else an engine locks."""
 
     def require_shared(self, gpa: int, size: int) -> None:
         """Raise AccessDenied unless every page of the range of RAM is shared: the host and
         its devices never touch private memory."""
         where = self.memory_map.range(gpa, size)
-        with self._lock:
+        with self.tracker.lock:
             self._refuse_private(where, gpa, size)
 
     def _refuse_private(self, where: GpaRange, gpa: int, size: int) -> None:
@@ -49,7 +49,7 @@ class DeviceAccessRules:
         pages = self._device_pages(gpa, n)
         if pages is None:
             return []
-        with self._lock:
+        with self.tracker.lock:
             self._refuse_private(pages, gpa, n)
         return list(self.memory_map.pieces(gpa, n))
 
@@ -63,9 +63,9 @@ class DeviceAccessRules:
         if pages is None:
             yield []
             return
-        with self._lock:
+        with self.tracker.lock:
             self._refuse_private(pages, gpa, n)
-            pin = self.tracker.pin(pages, owner)
+            pin = self.tracker.pin_locked(pages, owner)
         try:
             yield list(self.memory_map.pieces(gpa, n))
         finally:

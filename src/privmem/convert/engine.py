@@ -197,7 +197,7 @@ class ConversionEngine(DeviceAccessRules):
         """Under the lock: pin each run to discard (``request``'s own pages are already
         closed to others) and count it as being discarded; a run another vCPU's request holds
         now stays held and is retried later."""
-        batch = _Batch(now)
+        batch = _Batch()
         for gpa, size, side in runs:
             if request is not None and request.gpa <= gpa and gpa + size <= request.gpa + request.size:
                 pin = None                       # the request's own pages: closed to others already
@@ -301,7 +301,7 @@ class ConversionEngine(DeviceAccessRules):
         creates the slot): no conversion is counted and nothing is discarded."""
         self._require_unlaunched("set_initial")
         self.memory_map.range(gpa, size)
-        with self._lock:
+        with self.tracker.lock:                     # the store changes under the lock commits take
             self.store.set(gpa, size, ATTR_PRIVATE if private else 0)
 
     def preallocate(self, gpa: int, size: int) -> None:
@@ -384,10 +384,9 @@ class _Batch:
     pin), their ``bytes``, how many are ``pinned``, how many syscalls succeeded (``pieces``),
     which runs ``failed``."""
 
-    __slots__ = ("now", "runs", "bytes", "pinned", "pieces", "failed")
+    __slots__ = ("runs", "bytes", "pinned", "pieces", "failed")
 
-    def __init__(self, now: float):
-        self.now = now
+    def __init__(self):
         self.runs: list = []
         self.bytes = self.pinned = self.pieces = 0
         self.failed: list[int] = []

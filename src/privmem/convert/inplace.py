@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..attrs.validate import ATTR_PRIVATE, check_set
-from ..errors import InvalidArgument, InvalidState, SyscallError, Unsupported
+from ..errors import Busy, InvalidArgument, InvalidState, SyscallError, Unsupported
 from ..memmap import GpaRange, GuestMemoryMap
 from ..units import PAGE_SHIFT
 from .access import DeviceAccessRules
@@ -54,7 +54,8 @@ MODES = (ZERO, PRESERVE)
 class InPlaceStats(EngineStats):
     zeroed_bytes: int = 0            # allocated pages zeroed by conversions (the content rule)
     protection_changes: int = 0      # mprotect calls on the shared view
-    pinned_refusals: int = 0         # conversions to private refused because a page was pinned
+    pinned_refusals: int = 0         # conversions to private refused (Busy, the ABI's EAGAIN): a page pinned
+                                     # by a device, or in another vCPU's request in flight
 
 
 class InPlaceEngine(DeviceAccessRules):
@@ -64,9 +65,7 @@ class InPlaceEngine(DeviceAccessRules):
     ``privmem.backing.InPlaceBacking``.  ``native(offset, size, attributes)`` is called,
     where given, before the store changes (the host's KVM_SET_MEMORY_ATTRIBUTES2)."""
 
-    backing_kind = "in-place"
     policy = None                    # nothing to discard, so no discard policy
-    policy_name = "in-place"
 
     def __init__(self, tracker: ConversionTracker, backing, memory_map: GuestMemoryMap | None = None,
                  native: Callable[[int, int, int], None] | None = None,
@@ -135,21 +134,25 @@ class InPlaceEngine(DeviceAccessRules):
             raise InvalidArgument("to_private", to_private, "must be True or False", hex_value=False)
         mode = self._mode(to_private, mode)
         target = ATTR_PRIVATE if to_private else 0
-        if self.store.has(where.gpa, where.size, target):          # the ABI's early return: no checks,
-            return Conversion(Request(0, where.gpa, where.size, to_private, vcpu), ())   # no work
-        request = self.tracker.request_range(where, to_private, vcpu)   # Busy: in flight or pinned
+        with self.tracker.lock:                                     # the ABI's early return: no checks,
+            unchanged = self.store.has(where.gpa, where.size, target)   # no work
+        if unchanged:
+            return Conversion(Request(0, where.gpa, where.size, to_private, vcpu), ())
+        try:
+            request = self.tracker.request_range(where, to_private, vcpu)   # Busy: in flight or pinned
+        except Busy:
+            if to_private:
+                with self._lock:
+                    self.stats.pinned_refusals += 1
+            raise
         try:
             changed = self.tracker.changed_ranges(request)
             if changed:
                 self._change(changed, to_private, mode)
-            conversion = self.tracker.complete(request)
         except BaseException:
-            if request.id in self.tracker.in_flight_ids():
-                self.tracker.abort(request)
+            self.tracker.abort(request)
             raise
-        if self.journal is not None:
-            with self._lock:
-                self.journal.append(request)
+        conversion = self.tracker.complete(request, self.journal)
         if conversion.changed:
             with self._lock:
                 self.stats.conversions += 1
@@ -191,7 +194,7 @@ class InPlaceEngine(DeviceAccessRules):
         where = self.memory_map.range(gpa, size)
         for offset, length in self.memory_map.pieces(where.gpa, where.size):
             self.backing.protect(offset, length, shared=not private)
-        with self._lock:
+        with self.tracker.lock:
             self.store.set(where.gpa, where.size, ATTR_PRIVATE if private else 0)
 
     def populate(self, gpa: int, size: int) -> Conversion:

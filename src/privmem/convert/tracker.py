@@ -125,35 +125,44 @@ class ConversionTracker:
                 raise Busy(f"[{gpa:#x}, {end:#x}) overlaps {what} {other.id} {who} "
                            f"[{other.gpa:#x}, {other.end:#x}) still in flight", gpa=max(gpa, other.gpa))
 
+    @property
+    def lock(self):
+        """The lock every commit takes: held, the store is in no conversion's middle (a
+        device's check of it and its pin, ``pin_locked``, see one state)."""
+        return self._lock
+
     def pin(self, where: GpaRange, owner: str = "device", exempt: Request | None = None) -> Pin:
         """Hold a validated range for a device (or a discard in progress); Busy if a
         conversion of it is in flight, other than ``exempt`` (the conversion on whose behalf
         the pin is taken).  O(requests in flight)."""
-        gpa, size = where
         with self._lock:
-            others = self._inflight.values() if exempt is None else \
-                [r for r in self._inflight.values() if r.id != exempt.id]
-            self._refuse_overlap(gpa, gpa + size, others, "request")
-            pin = Pin(next(self._ids), gpa, size, owner)
-            self._pins[pin.id] = pin
-            return pin
+            return self.pin_locked(where, owner, exempt)
+
+    def pin_locked(self, where: GpaRange, owner: str = "device", exempt: Request | None = None) -> Pin:
+        """``pin`` for a caller holding ``lock``."""
+        gpa, size = where
+        others = self._inflight.values() if exempt is None else \
+            [r for r in self._inflight.values() if r.id != exempt.id]
+        self._refuse_overlap(gpa, gpa + size, others, "request")
+        pin = Pin(next(self._ids), gpa, size, owner)
+        self._pins[pin.id] = pin
+        return pin
 
     def unpin(self, pin: Pin) -> None:
         with self._lock:
             if self._pins.pop(pin.id, None) is None:
                 raise InvalidState(f"pin {pin.id} is not held (already dropped)")
 
-    def pins(self) -> list[Pin]:
-        with self._lock:
-            return sorted(self._pins.values(), key=lambda p: p.id)
-
-    def complete(self, request: Request) -> Conversion:
+    def complete(self, request: Request, journal: list | None = None) -> Conversion:
         """Commit a request and take it out of flight, under one hold of the lock (``commit``
-        then ``release``, for a committer with nothing to do in between)."""
+        then ``release``, for a committer with nothing to do in between); the request joins
+        ``journal``, where given, in commit order."""
         with self._lock:
             conversion = self._commit(request)
             self._committed.remove(conversion.request.id)
             del self._inflight[conversion.request.id]
+            if journal is not None:
+                journal.append(request)
             return conversion
 
     def release(self, request: Request) -> None:
@@ -215,10 +224,6 @@ class ConversionTracker:
             changed = self._changed(first, end, ATTR_PRIVATE if stored.private else 0)
             self._prepared[key] = changed
             return changed
-
-    def in_flight_ids(self) -> set[int]:
-        with self._lock:
-            return set(self._inflight)
 
     def pending(self, gpa: int, size: int) -> bool:
         check_range(gpa, size)

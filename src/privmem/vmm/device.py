@@ -72,9 +72,9 @@ def compare(shared, pieces, pattern: int, sampled: bool, buffer: bytearray) -> t
 
 def _mismatch(view: memoryview, pattern: int, reference: bytes, exact: bool) -> tuple[int, int, int] | None:
     if exact:
-        if view == reference[:len(view)]:
+        data = view.tobytes()           # bytes == bytes is a memcmp; memoryview == bytes goes byte by byte
+        if data == reference[:len(data)]:
             return None
-        data = bytes(view)
         where = next(i for i, b in enumerate(data) if b != pattern)
         return where, data[where], len(data) - data.count(pattern)
     qwords = view.cast("Q")

@@ -60,28 +60,21 @@ class ExitHandlers:
         return self.machine.vcpu(index).registers()
 
     def unhandled(self, index: int, reason: int) -> None:
-        if reason == uapi.KVM_EXIT_IO:
-            return self.on_unknown_io(index)
         raise GuestError(f"vCPU {index}: unhandled exit {_EXIT_NAMES.get(reason, reason)} ({reason})",
                          self._regs(index))
 
     def on_io(self, index: int) -> bool:
         port = self.machine.vcpu(index).kvm_run.io.port
-        if port == firmware.PORT_NOP:
-            return False
-        handler = self.ports.get(port)
-        if handler is None:
-            self.on_unknown_io(index)
-            return False
-        return handler(index)
+        return port != firmware.PORT_NOP and self.ports.get(port, self.on_unknown_io)(index)
 
-    def on_unknown_io(self, index: int) -> None:
+    def on_unknown_io(self, index: int) -> bool:
         """No device on the port: OUT is ignored, IN reads all-ones (a floating bus)."""
         self.machine.stats[index].unhandled_io += 1
         vcpu = self.machine.vcpu(index)
         if vcpu.kvm_run.io.direction == uapi.KVM_EXIT_IO_IN:
             data = vcpu.io_data()
             data[:] = b"\xff" * len(data)
+        return False
 
     def on_intr(self, index: int) -> bool:
         self.machine.runner.park_if_paused(index)

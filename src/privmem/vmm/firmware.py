@@ -67,11 +67,6 @@ PORT_REFILL = 0xE6
 PORT_DELAY = 0xE7
 
 
-def shared_va(gpa: int) -> int:
-    """The player's address of RAM page ``gpa`` through the shared view."""
-    return SHARED_VA + gpa
-
-
 def ram_spans(memory_map: GuestMemoryMap) -> list[tuple[int, int]]:
     """Each region rounded out to 2 MiB (the page size that maps it), touching spans merged."""
     spans: list[tuple[int, int]] = []
@@ -148,11 +143,6 @@ class FirmwareLayout:
     def va_of(self, offset: int) -> int:
         return self.va + offset
 
-    def offset_of_va(self, va: int) -> int | None:
-        """The region offset a player address points at, or None outside the region."""
-        offset = va - self.va
-        return offset if 0 <= offset < self.size else None
-
     def mappings(self, memory_map: GuestMemoryMap) -> list[paging.Mapping]:
         spans = ram_spans(memory_map)
         return ([paging.Mapping(lo, lo, hi - lo) for lo, hi in spans]
@@ -169,4 +159,4 @@ class FirmwareLayout:
 
 
 __all__ = ["FirmwareLayout", "SHARED_VA", "RECORD_BYTES", "RING_HALF_RECORDS", "RING_RECORDS", "RING_BYTES",
-           "shared_va", "ram_spans"]
+           "ram_spans"]

@@ -256,7 +256,7 @@ class Machine(MachineFront):
         device = DeviceModel(self)
         self.handlers = ExitHandlers(self, device)
         self.runner = VcpuRunner(self._vcpus, self.stats, self.handlers.ports, self.handlers.exits,
-                                 self.handlers.unhandled)
+                                 self.handlers.unhandled, self.handlers.on_unknown_io)
 
     def _load_firmware(self) -> None:
         """Code, relocated dispatch table, page tables and per-vCPU pages, before any vCPU
@@ -297,7 +297,7 @@ class Machine(MachineFront):
         if engine is None and self.backing == "in-place":
             from ..kvm.gmem import probe_memory_attributes2, set_memory_attributes2
             fd = self.private.fd
-            offered, self.native_in_place = probe_memory_attributes2(fd)
+            offered, _ = probe_memory_attributes2(fd)
             native = (lambda offset, size, attributes: set_memory_attributes2(fd, offset, size, attributes)) \
                 if offered else None
             return make_in_place_engine(self.private, self.memory_map, policy, native)

@@ -134,12 +134,6 @@ class MemslotMachine(Machine):
         """AssertionError unless the slots encode the store's state (SlotLayout.check)."""
         self.slots.check(self._private_runs())
 
-    @property
-    def memslot_stats(self) -> dict:
-        return {"memslot_ioctls": self.memslot_ioctls, "reshape_ioctls": self.reshape_ioctls,
-                "creates": self.memslot_creates, "deletes": self.memslot_deletes,
-                "failures": self.memslot_failures, "live_slots": self.live_slots, "peak_slots": self.peak_slots}
-
     # -- the commit hook --------------------------------------------------------------
 
     def _memslot_hook(self, request) -> None:

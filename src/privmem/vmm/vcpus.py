@@ -56,15 +56,16 @@ class VcpuStats:
 class VcpuRunner:
     """Runs ``vcpus`` (``privmem.kvm.Vcpu``) through their exits.
 
-    ``ports`` maps an I/O port to its handler, ``handlers`` an exit reason to its handler;
-    the no-op port is answered inline.  ``prepare(index)`` runs before each vCPU's thread
+    ``ports`` maps an I/O port to its handler (``unknown_port`` for any other port),
+    ``handlers`` an exit reason to its handler (``unhandled`` raises for any other); the no-op
+    port is answered inline.  ``prepare(index)`` runs before each vCPU's thread
     starts (registers, ring).  ``run(timeout)`` returns when every vCPU is done.
     """
 
     def __init__(self, vcpus: list, stats: list[VcpuStats], ports: dict[int, Handler],
-                 handlers: dict[int, Handler], unhandled: Callable[[int, int], None]):
+                 handlers: dict[int, Handler], unhandled: Callable[[int, int], None], unknown_port: Handler):
         self.vcpus, self.stats = vcpus, stats
-        self.ports, self.handlers, self.unhandled = ports, handlers, unhandled
+        self.ports, self.handlers, self.unhandled, self.unknown_port = ports, handlers, unhandled, unknown_port
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._ended: list[threading.Event] = []
@@ -183,7 +184,7 @@ class VcpuRunner:
         vcpu = self.vcpus[index]
         io = vcpu.kvm_run.io
         counts = self.stats[index].exits
-        ports, handlers, unhandled = self.ports, self.handlers, self.unhandled
+        ports, handlers, unhandled, unknown_port = self.ports, self.handlers, self.unhandled, self.unknown_port
         run = vcpu.run
         exit_io, port_nop = uapi.KVM_EXIT_IO, PORT_NOP
         while not self._stopping:
@@ -193,7 +194,7 @@ class VcpuRunner:
                 port = io.port
                 if port == port_nop:
                     continue
-                handler = ports.get(port)
+                handler = ports.get(port, unknown_port)
             else:
                 handler = handlers.get(reason)
             if handler is None:
