@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 from ..errors import InvalidArgument
 from ..memmap import GuestMemoryMap
-from ..ops import Op
+from ..ops import Op, check_op_fits
 from ..units import MiB, PAGE_SIZE
 from . import psc
 from .firmware import RECORD_BYTES, SHARED_VA
@@ -121,10 +121,7 @@ def check_op(op: Op, memory_map: GuestMemoryMap, vcpus: int) -> None:
     """Raise InvalidArgument unless the player can run ``op`` on a machine with this map."""
     if not isinstance(op, Op):
         raise InvalidArgument("op", op, "not a privmem.ops.Op", hex_value=False)
-    if not 0 <= op.vcpu < vcpus:
-        raise InvalidArgument("op.vcpu", op.vcpu, f"must be < vcpus ({vcpus})", hex_value=False)
-    if not memory_map.contains(op.gpa, op.size):
-        raise memory_map.outside(op.gpa, op.size, "op.gpa")
+    check_op_fits(op, memory_map, vcpus)
     if op.kind in ("dma_in", "dma_out") and op.size > MAX_DMA_BYTES:
         raise InvalidArgument("op.size", op.size, f"one device request moves at most {MAX_DMA_BYTES:#x} bytes")
 
@@ -205,7 +202,7 @@ class Program:
                 check_op(op, memory_map, vcpus)
             except InvalidArgument as err:
                 raise InvalidArgument(f"ops[{index}].{err.field.removeprefix('op.')}", err.value, err.why,
-                                      hex_value=err.field != "op.vcpu") from None
+                                      hex_value=err.field != "vcpu") from None
             spool = spools[op.vcpu]
             if recorded and op.t is not None:
                 at = int(op.t * 1e6)

@@ -101,14 +101,17 @@ def parse_payload(event: str, info: str, thread: Thread, stamp: int | None) -> L
 class TracerText:
     """The text a host tracer prints for these tracepoints (``trace-cmd report``, ``perf
     script``), described by its patterns: ``event_line`` (groups comm, pid, ts, event, info),
-    ``dropped`` (searched; groups cpu and count, either may be absent) and ``header`` (lines
-    before the events, matched).  ``parse(text)`` is the importer's line parser."""
+    ``dropped`` (searched; groups cpu and count, either may be absent; only in lines holding
+    the literal ``dropped_marker``, so the search costs an event line nothing) and ``header``
+    (lines before the events, matched).  ``parse(text)`` is the importer's line parser."""
 
-    def __init__(self, source: str, event_line: re.Pattern, dropped: re.Pattern, header: re.Pattern):
-        self.source, self.event_line, self.dropped, self.header = source, event_line, dropped, header
+    def __init__(self, source: str, event_line: re.Pattern, dropped: re.Pattern, dropped_marker: str,
+                 header: re.Pattern):
+        self.source, self.event_line, self.header = source, event_line, header
+        self.dropped, self.dropped_marker = dropped, dropped_marker
 
     def parse(self, text: str) -> LineResult:
-        dropped = self.dropped.search(text)
+        dropped = self.dropped.search(text) if self.dropped_marker in text else None
         if dropped:
             cpu, count = dropped.group("cpu"), dropped.group("count")
             return Dropped(int(count) if count is not None else None, f"CPU {cpu}" if cpu else "the ring buffer")

@@ -23,6 +23,7 @@ PERF_SCRIPT = TracerText(
     event_line=re.compile(r"\s*(?P<comm>.*?)\s+(?:\d+/)?(?P<pid>\d+)\s+(?:\[(?P<cpu>\d+)\]\s+)?"
                           r"(?P<ts>\d+\.\d+):\s+(?:\d+\s+)?(?P<event>[\w-]+:\w+):\s?(?P<info>.*)$"),
     dropped=re.compile(r"(?:\[(?P<cpu>\d+)\].*)?PERF_RECORD_LOST(?:_SAMPLES)?:?\s+lost[:= ]\s*(?P<count>\d+)"),
+    dropped_marker="PERF_RECORD_LOST",
     header=re.compile(r"\s*#"))
 
 

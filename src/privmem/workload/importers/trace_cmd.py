@@ -25,6 +25,7 @@ TRACE_CMD_REPORT = TracerText(
     event_line=re.compile(r"\s*(?P<comm>.*?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
                           r"(?P<ts>\d+(?:\.\d+)?):\s+(?P<event>\w+):\s?(?P<info>.*)$"),
     dropped=re.compile(r"^\s*CPU:(?P<cpu>\d+) \[(?:(?P<count>\d+) )?EVENTS DROPPED\]\s*$"),
+    dropped_marker="EVENTS DROPPED",
     header=re.compile(r"\s*(?:version = \d+|cpus=\d+|CPU \d+ is empty)\s*$"))
 
 
