@@ -2,13 +2,15 @@
 access to shared memory, running ops, and the context-manager protocol.
 
 A machine class provides ``stats`` (one ``VcpuStats`` per vCPU), ``failures``, ``engine``,
-``shared``, ``memory_map``, ``vcpus``, ``_closed`` and ``_run_program(program, timeout)``.
+``shared``, ``memory_map``, ``vcpus``, ``data_check`` ("full" or "sampled"), ``launched``,
+``_closed`` and ``_run_program(program, timeout)``.
 """
 
 from __future__ import annotations
 
 from ..errors import InvalidArgument
 from . import program
+from .device import CHUNK_BYTES, compare
 from .result import OpsResult
 
 MAX_FAILURES = 100
@@ -47,7 +49,23 @@ class MachineFront:
             self.shared.write(offset, data[done:done + size])
             done += size
 
+    def shared_matches(self, gpa: int, size: int, pattern: int) -> bool:
+        """True if the shared view of [gpa, gpa + size) holds ``pattern`` by the rule DMA_OUT
+        uses (every byte under "full", each page's sample under "sampled").  Raises like
+        ``shared_read``."""
+        if not isinstance(pattern, int) or isinstance(pattern, bool) or not 0 <= pattern <= 0xFF:
+            raise InvalidArgument("pattern", pattern, "must be in 0..255", hex_value=False)
+        pieces = self.engine.check_device_access(gpa, size)
+        buffer = bytearray(min(size, CHUNK_BYTES) or 1)
+        return compare(self.shared, pieces, pattern, self.data_check == "sampled", buffer) is None
+
     # -- running ops --------------------------------------------------------------------
+
+    def launch(self) -> None:
+        """Seal private memory (the engine seals the private backing); done by the first run."""
+        if not self.launched:
+            self.engine.launch()
+            self.launched = True
 
     def run_ops(self, ops, timeout: float | None = None, timing: str = "none") -> OpsResult:
         """Run ``ops`` (a ``Program``, or ``privmem.ops.Op`` objects, compiled here); every

@@ -95,14 +95,6 @@ class HostMachine(MachineFront):
     def stopping(self) -> bool:
         return self._stopping
 
-    def shared_matches(self, gpa: int, size: int, pattern: int) -> bool:
-        """True if every byte of the shared view of the range is ``pattern`` (the Python guest
-        writes whole pages, so the host backend's check is always byte-exact)."""
-        if not isinstance(pattern, int) or isinstance(pattern, bool) or not 0 <= pattern <= 0xFF:
-            raise InvalidArgument("pattern", pattern, "must be in 0..255", hex_value=False)
-        pieces = self.engine.check_device_access(gpa, size)
-        return compare(self.shared, pieces, pattern, False, bytearray(min(size, 1 << 20) or 1)) is None
-
     # -- the Python guest ----------------------------------------------------------------
 
     def _guest_pieces(self, addr: int, end: int):
@@ -215,9 +207,7 @@ class HostMachine(MachineFront):
                 finally:
                     ended[index].set()
 
-            if not self.launched:
-                self.engine.launch()
-                self.launched = True
+            self.launch()
             threads = [threading.Thread(target=main, args=(i,), name=f"privmem-host-vcpu{i}", daemon=True)
                        for i in range(self.vcpus)]
             start = time.perf_counter()

@@ -44,7 +44,7 @@ from ..kvm.system import DEV_KVM
 from ..memmap import GpaRange, GuestMemoryMap
 from ..units import PAGE_SIZE, TiB, format_size, parse_size
 from . import firmware, program
-from .device import DeviceModel, compare
+from .device import DeviceModel
 from .exits import ExitHandlers
 from .firmware import FirmwareLayout
 from .front import MachineFront
@@ -361,16 +361,6 @@ class Machine(MachineFront):
         self.stats[index].conversions += 1
         return conversion
 
-    def shared_matches(self, gpa: int, size: int, pattern: int) -> bool:
-        """True if the shared view of [gpa, gpa + size) holds ``pattern`` by the rule DMA_OUT
-        uses (every byte under "full", each page's sample under "sampled").  Raises like
-        ``shared_read``."""
-        if not isinstance(pattern, int) or isinstance(pattern, bool) or not 0 <= pattern <= 0xFF:
-            raise InvalidArgument("pattern", pattern, "must be in 0..255", hex_value=False)
-        pieces = self.engine.check_device_access(gpa, size)
-        buffer = bytearray(min(size, 1 << 20)) if size else bytearray()
-        return compare(self.shared, pieces, pattern, self._data_check == "sampled", buffer) is None
-
     # -- running ----------------------------------------------------------------------
 
     def _run_program(self, compiled: program.Program, timeout: float | None) -> OpsResult:
@@ -410,12 +400,6 @@ class Machine(MachineFront):
         snap["pages_converted"] = self.engine.stats.pages_converted
         snap["exit_counts"] = self.exit_counts
         return snap
-
-    def launch(self) -> None:
-        """Seal private memory (the engine seals the private backing); done by the first run."""
-        if not self.launched:
-            self.engine.launch()
-            self.launched = True
 
     def dispatch(self, index: int, reason: int | None = None) -> bool:
         """Handle the exit recorded in vCPU ``index``'s kvm_run (counted like a real one);
