@@ -86,6 +86,29 @@ def _mismatch(view: memoryview, pattern: int, reference: bytes, exact: bool) -> 
     return wrong[0], view[wrong[0]], len(wrong)
 
 
+REFUSALS = (AccessDenied, InvalidArgument, Busy)
+
+
+def transfer(machine, index: int, kind: str, gpa: int, size: int, pattern: int, buffer: bytearray) -> str | None:
+    """vCPU ``index``'s device transfer on either machine: ``dma_in`` fills the range with
+    ``pattern``, ``dma_out`` checks it holds it (by the machine's ``data_check``), a mismatch
+    counted and recorded.  Returns the refusal's text (the caller answers the guest), or None."""
+    try:
+        with DmaRequest(machine.engine, gpa, size, f"vCPU {index} DMA", machine.stopping) as pieces:
+            if kind == "dma_in":
+                fill(machine.shared, pieces, pattern)
+                return None
+            mismatch = compare(machine.shared, pieces, pattern, machine.data_check == "sampled", buffer)
+    except REFUSALS as exc:
+        return str(exc)
+    if mismatch is not None:
+        first, actual, wrong = mismatch
+        machine.stats[index].data_errors += 1
+        machine.record_failure(index, "dma_out", gpa=gpa + first, expected=pattern, actual=actual,
+                               mismatched_bytes=wrong)
+    return None
+
+
 class DmaRequest:
     """One device transfer, validated: ``with DmaRequest(engine, gpa, size, owner) as pieces``
     holds the pages (retrying while a conversion is in flight) and yields the backing pieces;
@@ -115,7 +138,6 @@ class DmaRequest:
         return self._context.__exit__(*exc)
 
 
-REFUSALS = (AccessDenied, InvalidArgument, Busy)
 
 
 class DeviceModel:
@@ -150,39 +172,22 @@ class DeviceModel:
 
     def dma_in(self, index: int) -> bool:
         """The device writes the record's pattern over its range (shared pages only)."""
-        record = self._record(index, (K_DMA_IN,), "dma_in")
-        if record is not None:
-            machine = self.machine
-            try:
-                with DmaRequest(machine.engine, record.addr, record.end - record.addr, f"vCPU {index} DMA",
-                                machine.stopping) as pieces:
-                    fill(machine.shared, pieces, record.pattern)
-            except REFUSALS as exc:
-                self._refuse(index, "dma_in", str(exc), gpa=record.addr, size=record.end - record.addr)
-                return False
-            STATUS.pack_into(machine.comm[index], MB_STATUS, DEVICE_OK)
-        return False
+        return self._dma(index, K_DMA_IN, "dma_in")
 
     def dma_out(self, index: int) -> bool:
         """The device reads the record's range and checks it holds the pattern."""
-        record = self._record(index, (K_DMA_OUT,), "dma_out")
+        return self._dma(index, K_DMA_OUT, "dma_out")
+
+    def _dma(self, index: int, record_kind: int, port: str) -> bool:
+        record = self._record(index, (record_kind,), port)
         if record is None:
             return False
-        machine = self.machine
         gpa, size = record.addr, record.end - record.addr
-        try:
-            with DmaRequest(machine.engine, gpa, size, f"vCPU {index} DMA", machine.stopping) as pieces:
-                mismatch = compare(machine.shared, pieces, record.pattern, machine.data_check == "sampled",
-                                   self._buffers[index])
-        except REFUSALS as exc:
-            self._refuse(index, "dma_out", str(exc), gpa=gpa, size=size)
-            return False
-        STATUS.pack_into(machine.comm[index], MB_STATUS, DEVICE_OK)
-        if mismatch is not None:
-            first, actual, wrong = mismatch
-            machine.stats[index].data_errors += 1
-            machine.record_failure(index, "dma_out", gpa=gpa + first, expected=record.pattern, actual=actual,
-                                   mismatched_bytes=wrong)
+        refused = transfer(self.machine, index, port, gpa, size, record.pattern, self._buffers[index])
+        if refused is not None:
+            self._refuse(index, port, refused, gpa=gpa, size=size)
+        else:
+            STATUS.pack_into(self.machine.comm[index], MB_STATUS, DEVICE_OK)
         return False
 
     def verify_fail(self, index: int) -> bool:

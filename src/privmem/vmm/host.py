@@ -29,7 +29,7 @@ from ..errors import AccessDenied, Busy, Interrupted, InvalidArgument, InvalidSt
 from ..memmap import GpaRange, GuestMemoryMap
 from ..threads import join_all, start_all
 from . import program
-from .device import REFUSALS, DmaRequest, compare, fill
+from .device import transfer
 from .front import MachineFront
 from .machine import check_backing, check_machine_size, make_in_place_engine, resolve_memory_map
 from .program import (K_CONVERT, K_CONVERT_PAGE, K_DELAY, K_DMA_IN, K_DMA_OUT, K_EXITS, K_TOUCH, K_VERIFY,
@@ -165,24 +165,12 @@ class HostMachine(MachineFront):
                 time.sleep(min(0.05, max(0.0, wake - time.monotonic())))
 
     def _dma(self, index: int, record, buffer: bytearray) -> None:
-        stats = self.stats[index]
+        kind = "dma_in" if record.kind == K_DMA_IN else "dma_out"
         gpa, size = record.addr, record.end - record.addr
-        try:
-            with DmaRequest(self.engine, gpa, size, f"vCPU {index} DMA", self.stopping) as pieces:
-                if record.kind == K_DMA_IN:
-                    fill(self.shared, pieces, record.pattern)
-                    return
-                mismatch = compare(self.shared, pieces, record.pattern, False, buffer)
-        except REFUSALS as exc:
-            stats.dma_errors += 1
-            self.record_failure(index, record.kind == K_DMA_IN and "dma_in" or "dma_out", gpa=gpa, size=size,
-                                error=str(exc))
-            return
-        if mismatch is not None:
-            first, actual, wrong = mismatch
-            stats.data_errors += 1
-            self.record_failure(index, "dma_out", gpa=gpa + first, expected=record.pattern, actual=actual,
-                                mismatched_bytes=wrong)
+        refused = transfer(self, index, kind, gpa, size, record.pattern, buffer)
+        if refused is not None:
+            self.stats[index].dma_errors += 1
+            self.record_failure(index, kind, gpa=gpa, size=size, error=refused)
 
     def _run_program(self, compiled, timeout: float | None) -> OpsResult:
         if not self._busy.acquire(blocking=False):
