@@ -138,8 +138,6 @@ class DmaRequest:
         return self._context.__exit__(*exc)
 
 
-
-
 class DeviceModel:
     """The KVM machine's devices, one method per doorbell port (each returns False: the
     vCPU goes on).  ``machine`` gives the engine, the shared backing, the rings, the comm
