@@ -65,11 +65,7 @@ def _single_stepped(machine, program: Program) -> int:
     """Guest instructions (debug exits) the program takes on vCPU 0."""
     vcpu = machine.vcpu(0)
     machine.launch()
-    machine.rings[0].prime(program.spools[0])
-    layout = machine.layout
-    vcpu.set_regs(uapi.kvm_regs(rip=layout.va, rflags=uapi.X86_RFLAGS_RESERVED,
-                                rsp=layout.va_of(layout.stack_top(0)), rsi=machine.rings[0].va,
-                                rbx=layout.va_of(layout.comm(0))))
+    machine.prepare_vcpu(0, program.spools[0])
     vcpu.set_guest_debug(uapi.KVM_GUESTDBG_ENABLE | uapi.KVM_GUESTDBG_SINGLESTEP)
     steps = 0
     try:

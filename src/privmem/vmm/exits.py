@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import time
 
-from ..errors import Busy, GuestError, InvalidArgument, InvalidState, Unsupported
+from ..errors import Busy, GuestError
 from ..kvm import uapi
 from ..memmap import GpaRange
 from ..units import PAGE_SHIFT, PAGE_SIZE
@@ -23,9 +23,6 @@ from . import firmware, psc
 MAX_FAULT_REPEATS = 1000
 _MASK64 = (1 << 64) - 1
 _EXIT_NAMES = uapi.EXIT_REASON_NAMES
-# Refusals a conversion can meet that are the guest's or the host's limits, not VMM bugs:
-# the guest gets an error status and the run goes on.
-GUEST_REFUSALS = (InvalidArgument, Unsupported, InvalidState)
 
 
 class ExitHandlers:
@@ -131,7 +128,7 @@ class ExitHandlers:
         except Busy:
             hypercall.ret = -errno.EAGAIN & _MASK64
             return False
-        except GUEST_REFUSALS:
+        except psc.REFUSED:
             hypercall.ret = -uapi.KVM_EINVAL & _MASK64
             return False
         hypercall.ret = 0
@@ -184,4 +181,4 @@ class ExitHandlers:
         return False
 
 
-__all__ = ["ExitHandlers", "GUEST_REFUSALS", "MAX_FAULT_REPEATS"]
+__all__ = ["ExitHandlers", "MAX_FAULT_REPEATS"]

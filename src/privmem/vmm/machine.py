@@ -372,19 +372,12 @@ class Machine(MachineFront):
             before = self._snapshot()
             failures_before = len(self.failures)
             spools = compiled.spools
-
-            def prepare(index: int) -> None:
-                self.rings[index].prime(spools[index] if index < len(spools) else self._empty)
-                layout = self.layout
-                self._vcpus[index].set_regs(uapi.kvm_regs(
-                    rip=layout.va, rflags=uapi.X86_RFLAGS_RESERVED, rsp=layout.va_of(layout.stack_top(index)),
-                    rsi=self.rings[index].va, rbx=layout.va_of(layout.comm(index))))
-
             start = time.perf_counter()
             self.launch()
             with Drainer.for_engine(self.engine, on_error=self.runner.fail):
                 self.run_started = time.monotonic()
-                self.runner.run(timeout, prepare)
+                self.runner.run(timeout, lambda index: self.prepare_vcpu(
+                    index, spools[index] if index < len(spools) else self._empty))
             wall = time.perf_counter() - start
             after = self._snapshot()
         finally:
@@ -394,6 +387,15 @@ class Machine(MachineFront):
         return OpsResult(ops=compiled.ops, wall_time=wall, exits=sum(exits_by_reason.values()),
                          exits_by_reason=exits_by_reason, failures=list(self.failures[failures_before:]),
                          **{name: after[name] - before[name] for name in OpsResult.COUNTERS})
+
+    def prepare_vcpu(self, index: int, spool) -> None:
+        """vCPU ``index`` at the player's entry with ``spool``'s ops in its ring: the ring
+        primed, the stack, ring and comm page in the registers the player reads them from."""
+        self.rings[index].prime(spool)
+        layout = self.layout
+        self._vcpus[index].set_regs(uapi.kvm_regs(
+            rip=layout.va, rflags=uapi.X86_RFLAGS_RESERVED, rsp=layout.va_of(layout.stack_top(index)),
+            rsi=self.rings[index].va, rbx=layout.va_of(layout.comm(index))))
 
     def _snapshot(self) -> dict:
         snap = {name: self._total(name) for name in OpsResult.COUNTERS if name != "pages_converted"}
