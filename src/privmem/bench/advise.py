@@ -16,6 +16,7 @@ ties going to the faster; settings with data errors are never recommended.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -272,14 +273,12 @@ def run(config: AdviseConfig, progress=None) -> AdviseReport:
         backend = config.backend or default_backend()
         report = AdviseReport(config, backend, name, memory, program.vcpus, program.memory_map.name, budgets,
                               settings, {setting: [] for setting in settings}, warnings=warnings)
-        total, done = config.repeat * len(settings), 0
-        for round_index in range(config.repeat):
-            for setting in rounds.rotated(settings, round_index):
-                if progress:
-                    progress(done, total, f"{setting.label} (round {round_index + 1}/{config.repeat})")
-                report.runs[setting].append(run_program(program, name, setting.spec, backend,
-                                                        sample_interval=SAMPLE_INTERVAL))
-                done += 1
+        total, started_runs = config.repeat * len(settings), itertools.count()
+        report.runs = rounds.interleaved(
+            settings, config.repeat,
+            lambda setting: run_program(program, name, setting.spec, backend, sample_interval=SAMPLE_INTERVAL),
+            lambda setting: setting.label,
+            (lambda text: progress(next(started_runs), total, text)) if progress else None)
     report.sweep_s = time.perf_counter() - started
     return report
 

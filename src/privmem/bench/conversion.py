@@ -139,13 +139,14 @@ def in_place_steps(calls: int = STEP_CALLS) -> dict[str, float]:
         return steps
 
 
+def planned_runs(repeat: int) -> int:
+    """Progress steps of ``run``: every design's rounds, then the host-side steps."""
+    return len(DESIGNS) * repeat + 1
+
+
 def run(flips: int = 10_000, repeat: int = 3, progress=None) -> ConversionReport:
-    measured: dict[tuple, list[_Round]] = {design: [] for design in DESIGNS}
-    for round_index in range(repeat):
-        for policy, backing in rounds.rotated(DESIGNS, round_index):
-            if progress:
-                progress(f"{design_name(policy, backing)} (round {round_index + 1}/{repeat})")
-            measured[(policy, backing)].append(_measure(policy, backing, flips))
+    measured = rounds.interleaved(DESIGNS, repeat, lambda design: _measure(*design, flips),
+                                  lambda design: design_name(*design), progress)
     designs = []
     for (policy, backing), runs in measured.items():
         best = rounds.best(runs)

@@ -17,6 +17,19 @@ def rotated(items, round_index: int) -> tuple:
     return items[shift:] + items[:shift]
 
 
+def interleaved(configs, repeat: int, measure, describe=str, progress=None) -> dict:
+    """``measure(config)`` for every configuration, ``repeat`` rounds, each round in a rotated
+    order; returns each configuration's results in round order.  ``progress(text)`` before
+    each run, ``text`` saying which (``describe(config)``) and which round."""
+    runs = {config: [] for config in configs}
+    for round_index in range(repeat):
+        for config in rotated(runs, round_index):
+            if progress:
+                progress(f"{describe(config)} (round {round_index + 1}/{repeat})")
+            runs[config].append(measure(config))
+    return runs
+
+
 def best(runs):
     """The fastest of ``runs`` (objects with ``wall_s``), or None."""
     return min(runs, key=lambda run: run.wall_s) if runs else None

@@ -60,7 +60,11 @@ PUNCH_BASE = 256 * MiB
 PUNCH_MEMORY = 1 << 30
 
 
-def beside_punches(conversions: int, punches: int = 8) -> float:
+PUNCHES = 8
+BESIDE_PUNCHES = ("punches", "eager")      # the configuration beside the punches, among (vCPUs, policy)
+
+
+def beside_punches(conversions: int, punches: int = PUNCHES) -> float:
     """Seconds for vCPU 1's ``conversions`` one-page conversions (eager) while vCPU 0
     converts 256 MiB to shared, fills it by DMA and converts it back ``punches`` times, so
     each of its conversions to private punches 256 MiB of allocated memory: how long one
@@ -83,27 +87,28 @@ class ThroughputReport:
     conversions: int
 
 
+def planned_runs(vcpu_counts, policies, repeat: int, punches: bool = True) -> int:
+    return (len(vcpu_counts) * len(policies) + punches) * repeat
+
+
 def run(vcpu_counts=(1, 2), policies=("never", "eager"), conversions: int = 20_000, repeat: int = 3,
         progress=None, punches: bool = True) -> ThroughputReport:
     """Every (vCPUs, policy), then (with ``punches``) the conversions beside large punches,
     ``repeat`` interleaved rounds."""
-    configs = [(v, p) for v in vcpu_counts for p in policies] + ([("punches", "eager")] if punches else [])
-    measured: dict[tuple, list[_Round]] = {config: [] for config in configs}
-    beside: list[float] = []
-    for round_index in range(repeat):
-        for vcpus, policy in rounds.rotated(configs, round_index):
-            if progress:
-                progress(f"{vcpus} vCPU {policy} (round {round_index + 1}/{repeat})" if vcpus != "punches"
-                         else f"beside 256 MiB punches (round {round_index + 1}/{repeat})")
-            if vcpus == "punches":
-                beside.append(beside_punches(conversions))
-            else:
-                measured[(vcpus, policy)].append(measure(vcpus, policy, conversions))
+    configs = [(v, p) for v in vcpu_counts for p in policies] + ([BESIDE_PUNCHES] if punches else [])
+
+    def one(config):
+        return beside_punches(conversions) if config == BESIDE_PUNCHES else measure(*config, conversions)
+
+    def describe(config):
+        return "beside 256 MiB punches" if config == BESIDE_PUNCHES else f"{config[0]} vCPU {config[1]}"
+
+    measured = rounds.interleaved(configs, repeat, one, describe, progress)
+    beside = measured.pop(BESIDE_PUNCHES, [])
     rows = []
     for (vcpus, policy), runs in measured.items():
-        if runs:
-            best = rounds.best(runs)
-            rows.append(ThroughputResult(vcpus, policy, best.conversions, best.wall_s, len(runs), rounds.spread(runs)))
+        best = rounds.best(runs)
+        rows.append(ThroughputResult(vcpus, policy, best.conversions, best.wall_s, len(runs), rounds.spread(runs)))
     return ThroughputReport(rows, beside, conversions)
 
 
@@ -131,7 +136,7 @@ def headline(report: ThroughputReport) -> list[str]:
     lines = [f"{r.policy}: {r.vcpus} vCPUs convert {r.per_s / base[r.policy]:.2f}x as fast as 1"
              for r in report.rows if r.vcpus > 1 and base.get(r.policy)]
     if report.beside_punches_s:
-        lines.append(f"beside 8 punches of 256 MiB on vCPU 0, vCPU 1's {report.conversions:,} one-page conversions "
+        lines.append(f"beside {PUNCHES} punches of {PUNCH_BYTES >> 20} MiB on vCPU 0, vCPU 1's {report.conversions:,} one-page conversions "
                      f"took {min(report.beside_punches_s):.3f} s (best of {len(report.beside_punches_s)}; eager)")
     return lines
 

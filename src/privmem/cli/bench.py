@@ -92,7 +92,7 @@ def cmd_bench_conversion(args) -> int:
 
     check_outputs(args, "json_out")
     resolve_backend("kvm", "privmem bench conversion")
-    with progress("privmem bench conversion", len(conversion.DESIGNS) * args.repeat + 1) as shown:
+    with progress("privmem bench conversion", conversion.planned_runs(args.repeat)) as shown:
         report = conversion.run(args.flips, args.repeat, progress=shown.advance)
     _report(conversion, report, args, backend="kvm", flips=args.flips, repeat=args.repeat)
     return 0
@@ -103,7 +103,7 @@ def cmd_bench_throughput(args) -> int:
 
     check_outputs(args, "json_out")
     resolve_backend("kvm", "privmem bench throughput")
-    runs = (len(args.vcpus_list) * len(args.policies) + (not args.no_punches)) * args.repeat
+    runs = throughput.planned_runs(args.vcpus_list, args.policies, args.repeat, punches=not args.no_punches)
     with progress("privmem bench throughput", runs) as shown:
         results = throughput.run(args.vcpus_list, args.policies, args.conversions, args.repeat,
                                  progress=shown.advance, punches=not args.no_punches)
