@@ -118,21 +118,22 @@ def test_conversion_before_allocation_allocates_nothing_and_reads_zero(make):
     assert backing.read(0, PAGE) == bytes(PAGE)
 
 
-def test_zeroing_falls_back_to_the_accounting_cachestat_where_the_fast_one_fails(make, monkeypatch):
+def test_a_kernel_without_cachestat_refuses_the_conversion_and_changes_nothing(make, monkeypatch):
     import errno
 
-    from privmem.errors import SyscallError
+    from privmem.errors import SyscallError, Unsupported
 
     engine, backing = make(initial_shared=True)
     backing.write(0, b"\x5a" * 8)
 
-    def failing(offset, length):
+    def enosys(offset, length):
         raise SyscallError("cachestat", errno.ENOSYS)
 
-    monkeypatch.setattr(backing._counter, "allocated_pages", failing)
-    engine.convert(0, PAGE, True)
-    engine.convert(0, PAGE, False)
-    assert backing.read(0, 8) == bytes(8) and engine.stats.zeroed_bytes == 2 * PAGE
+    monkeypatch.setattr(backing._counter, "allocated_pages", enosys)
+    with pytest.raises(Unsupported, match=r"cachestat\(2\)"):
+        engine.convert(0, PAGE, True)
+    assert engine.store.get(0) == 0 and backing.read(0, 8) == b"\x5a" * 8     # still shared, still readable
+    assert not engine.tracker.in_flight()
 
 
 def test_mixed_allocated_and_unallocated_pages(make):

@@ -30,16 +30,21 @@ from . import syscalls
 _LOW_BIT = bytes(i & 1 for i in range(256))   # mincore: only bit 0 is defined
 
 
-def cachestat_pages(fd: int, offset: int, size: int) -> int:
-    """Allocated pages in [offset, offset + size): resident + swapped out (shmem)."""
+def allocated_pages(counter: syscalls.CachestatCounter, offset: int, size: int) -> int:
+    """Allocated pages in [offset, offset + size): resident + swapped out (shmem); a kernel
+    without cachestat is said as Unsupported."""
     try:
-        stat = syscalls.cachestat(fd, offset, size)
+        return counter.allocated_pages(offset, size)
     except SyscallError as exc:
         if exc.errno == errno.ENOSYS:
             raise Unsupported("cachestat(2) (Linux 6.5+) is needed to measure allocated pages "
                               "without touching them") from exc
         raise
-    return stat.nr_cache + stat.nr_evicted
+
+
+def cachestat_pages(fd: int, offset: int, size: int) -> int:
+    """``allocated_pages`` for one call on ``fd``."""
+    return allocated_pages(syscalls.CachestatCounter(fd), offset, size)
 
 
 def measured_ranges(count: Callable[[int, int], int], offset: int, size: int,

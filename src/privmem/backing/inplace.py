@@ -32,7 +32,7 @@ from __future__ import annotations
 import ctypes
 
 from ..attrs.ranges import MemoryAttributes
-from ..errors import AccessDenied, SyscallError
+from ..errors import AccessDenied
 from ..units import PAGE_SHIFT, PAGE_SIZE
 from . import syscalls
 from .accounting import measured_ranges
@@ -59,7 +59,6 @@ class InPlaceBacking(Backing):
         super().__init__(fd, size, shared_view, owns_fd=owns_fd, extra_mappings=(private_view,))
         self.kind = kind
         self._private_view = private_view
-        self._counter = syscalls.CachestatCounter(fd)
         self.protection_changes = 0
         # Which pages the shared view makes accessible: host access is refused (AccessDenied)
         # anywhere else, before a byte is touched, instead of faulting the process.
@@ -145,11 +144,7 @@ class InPlaceBacking(Backing):
     def _zero(self, offset: int, size: int) -> int:
         base = self._private_view.addr
         if size == PAGE_SIZE:           # the common case: one cachestat, no bisection
-            try:
-                allocated = self._counter.allocated_pages(offset, size)
-            except SyscallError:        # say it as the accounting does (ENOSYS: Unsupported)
-                allocated = self._count_pages(offset, size)
-            if allocated:
+            if self._count_pages(offset, size):
                 ctypes.memset(base + offset, 0, size)
                 return size
             return 0

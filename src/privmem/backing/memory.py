@@ -25,7 +25,7 @@ import weakref
 from ..errors import AccessDenied, InvalidArgument, InvalidState, SyscallError
 from ..units import PAGE_SIZE, is_page_aligned
 from . import syscalls
-from .accounting import cachestat_pages, measured_ranges
+from .accounting import allocated_pages, measured_ranges
 from .mapping import HostMapping
 
 _PUNCH = syscalls.FALLOC_FL_PUNCH_HOLE | syscalls.FALLOC_FL_KEEP_SIZE
@@ -104,6 +104,7 @@ class Backing:
         self.fd = fd
         self._mapping = mapping
         self._lock = threading.RLock()
+        self._counter = syscalls.CachestatCounter(fd)
         self._resources = _Resources(fd if owns_fd else -1, mapping, extra_mappings)
         self._finalizer = weakref.finalize(self, self._resources.release)
 
@@ -151,7 +152,8 @@ class Backing:
 
     # accounting (measured, never touching a page) ---------------------------------------
     def _count_pages(self, offset: int, size: int) -> int:
-        return cachestat_pages(self.fd, offset, size)
+        # Under the backing's lock (every caller holds it): the counter's structs are shared.
+        return allocated_pages(self._counter, offset, size)
 
     def _hint(self, offset: int, size: int):
         """A lazy mincore over the backing's own mapping (any protection), or None."""
