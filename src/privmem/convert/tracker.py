@@ -108,9 +108,8 @@ class ConversionTracker:
         gpa, size = where
         end = gpa + size
         with self._lock:
-            for other in self._inflight.values():
-                if other.gpa < end and gpa < other.gpa + other.size:
-                    self._refuse_overlap(gpa, end, (other,), "request")
+            if self._inflight:
+                self._refuse_overlap(gpa, end, self._inflight.values(), "request")
             if self._pins:
                 self._refuse_overlap(gpa, end, self._pins.values(), "pin")
             request = Request(next(self._ids), gpa, size, private, vcpu)
@@ -168,11 +167,6 @@ class ConversionTracker:
     def release(self, request: Request) -> None:
         """Take a committed request out of flight: its range is open to other requests."""
         with self._lock:
-            key = getattr(request, "id", None)
-            if key in self._committed:
-                self._committed.remove(key)
-                del self._inflight[key]
-                return
             self._take(request, "release")          # not committed: raises, naming why
 
     def commit(self, request: Request) -> Conversion:
