@@ -36,17 +36,15 @@ def run(workload_or_trace: str | os.PathLike | Trace, policy: str = "never", bac
     nothing asked for is silently ignored.  A trace file's reader warnings (e.g. no end
     marker) are issued as ``UserWarning``.  Errors: InvalidArgument naming the argument."""
     from .convert import make_policy
-    from .runner import BACKENDS, compile_trace, open_trace, run_program
-    from .workload import WORKLOADS, generate
+    from .runner import BACKENDS, compile_trace, open_trace, run_program, workload_program
+    from .workload import WORKLOADS
 
     if backend is not None and backend not in BACKENDS:
         raise InvalidArgument("backend", backend, f"unknown (choose from {', '.join(BACKENDS)})", hex_value=False)
     if isinstance(workload_or_trace, str) and workload_or_trace in WORKLOADS:
         ram = parse_size(DEFAULT_MEMORY if memory is None else memory, "memory")
         make_policy(policy, ram)                     # a bad spec is refused before any work
-        trace = generate(workload_or_trace, memory=ram, vcpus=1 if vcpus is None else vcpus,
-                         seed=0 if seed is None else seed, scale=1.0 if scale is None else scale, layout=layout)
-        program, name = compile_trace(trace), trace.name
+        program, name = workload_program(workload_or_trace, ram, vcpus, seed, scale, layout)
     elif isinstance(workload_or_trace, Trace):
         trace = workload_or_trace
         _refuse_overrides("trace", trace.memory_map, trace.vcpus, memory, vcpus, layout, scale, seed)
@@ -57,13 +55,11 @@ def run(workload_or_trace: str | os.PathLike | Trace, policy: str = "never", bac
         if not os.path.isfile(path):
             raise InvalidArgument("workload_or_trace", workload_or_trace, f"neither a workload ({', '.join(WORKLOADS)}) "
                                   "nor a trace file", hex_value=False)
-        program, name, notes = open_trace(path)
-        try:
-            _refuse_overrides("trace file", program.memory_map, program.vcpus, memory, vcpus, layout, scale, seed)
-            make_policy(policy, program.memory_map.ram_bytes)
-        except BaseException:
-            program.close()
-            raise
+        def check(memory_map, trace_vcpus):              # refused once the header is read, before any op
+            _refuse_overrides("trace file", memory_map, trace_vcpus, memory, vcpus, layout, scale, seed)
+            make_policy(policy, memory_map.ram_bytes)
+
+        program, name, notes = open_trace(path, check=check)
         for note in notes:
             warnings.warn(f"{path}: {note}", UserWarning, stacklevel=2)
     else:

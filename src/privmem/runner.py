@@ -209,19 +209,28 @@ def run_document(result: RunResult, argv: list[str] | None = None, *, scale: flo
     return document("run", settings, result.as_dict(), argv)
 
 
-def open_trace(path, timing: str = "none") -> tuple[Program, str, list[str]]:
+def open_trace(path, timing: str = "none", check=None) -> tuple[Program, str, list[str]]:
     """Compile a trace file line by line (bounded memory whatever its length): the program,
-    the trace's name, and the reader's warnings (e.g. no end marker)."""
+    the trace's name, and the reader's warnings (e.g. no end marker).  ``check(memory_map,
+    vcpus)`` runs once the header is read, before any op is: what it refuses costs no work."""
     from .workload.trace import TraceReader
 
     with TraceReader(path) as reader:
-        program = Program(reader.memory_map, reader.vcpus, timing)
-        try:
-            program.extend(reader)
-        except BaseException:
-            program.close()
-            raise
+        if check is not None:
+            check(reader.memory_map, reader.vcpus)
+        program = Program.compile(reader, reader.memory_map, reader.vcpus, timing)
         return program, reader.name, reader.warnings
+
+
+def workload_program(workload: str, memory: int | None = None, vcpus: int | None = None, seed: int | None = None,
+                     scale: float | None = None, layout: str | None = None, timing: str = "none") -> tuple[Program, str]:
+    """A generated workload compiled: the program and the trace's name.  None takes the
+    generator's default (1 GiB, 1 vCPU, seed 0, scale 1, the flat layout)."""
+    from .workload import generate
+
+    given = {"memory": memory, "vcpus": vcpus, "seed": seed, "scale": scale, "layout": layout}
+    trace = generate(workload, **{key: value for key, value in given.items() if value is not None})
+    return compile_trace(trace, timing), trace.name
 
 
 def run_trace(trace: Trace, policy: str = "never", backend: str | None = None, tracking: str = "store",

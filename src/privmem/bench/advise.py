@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ..errors import InvalidArgument
 from ..results import document, requested
-from ..runner import RunResult, compile_trace, default_backend, open_trace, run_program
+from ..runner import RunResult, default_backend, open_trace, run_program, workload_program
 from ..units import GiB, KiB, MiB, PAGE_SIZE, format_size, format_size_exact
 from . import rounds
 
@@ -261,11 +261,8 @@ def run(config: AdviseConfig, progress=None) -> AdviseReport:
         program, name, warnings = open_trace(config.trace)
         warnings = list(warnings)
     else:
-        from ..workload import generate
-
-        trace = generate(config.workload, memory=config.memory, vcpus=config.vcpus, seed=config.seed,
-                         scale=config.scale, layout=config.layout)
-        program, name = compile_trace(trace), trace.name
+        program, name = workload_program(config.workload, config.memory, config.vcpus, config.seed, config.scale,
+                                         config.layout)
     with program:
         memory = program.memory_map.ram_bytes
         budgets = check_budgets(config.budgets, memory) if config.budgets else default_budgets(memory)

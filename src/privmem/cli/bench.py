@@ -8,7 +8,7 @@ from ..errors import InvalidArgument
 from ..results import json_writer, write_json, write_outputs
 from . import arguments as a
 from .output import console, progress, resolve_backend
-from .shared import add_guest, check_inputs, check_outputs, given_value, naming_file
+from .shared import TRACE_SETS, add_guest, check_outputs, check_trace_source, naming_file
 
 BENCH_EPILOG = """examples:
   privmem bench                       every policy, boot and ovmf-dma, 1 GiB
@@ -123,14 +123,8 @@ def cmd_bench_flipflop(args) -> int:
 def cmd_advise(args) -> int:
     from ..bench import advise
 
-    if args.trace:
-        given = [name for name in ("memory", "vcpus", "layout", "scale", "seed") if getattr(args, name) is not None]
-        if given:
-            raise InvalidArgument(f"--{given[0]}", given_value(args, given[0]), "a trace sets its own guest; "
-                                  "drop the option, or sweep a workload with --workload", hex_value=False)
-        check_inputs(args, "trace")
-    guest = {name: getattr(args, name) for name in ("memory", "vcpus", "layout", "scale", "seed", "budgets", "ages")
-             if getattr(args, name) is not None}
+    check_trace_source(args, "; drop the option, or sweep a workload with --workload")
+    guest = {name: getattr(args, name) for name in (*TRACE_SETS, "budgets", "ages") if getattr(args, name) is not None}
     backend = resolve_backend(args.backend, "privmem advise")
     config = advise.AdviseConfig(workload=None if args.trace else args.workload, trace=args.trace,
                                  backend=backend, repeat=args.repeat, tolerance=args.tolerance, **guest)
@@ -273,7 +267,7 @@ def add_parsers(commands) -> None:
     advice.add_argument("--tolerance", type=a.fraction("tolerance"), metavar="FRACTION",
                         default=advise.DEFAULT_TOLERANCE,
                         help="how much slower than never a recommendation may be: 0.02 or 2%% (default: 2%%)")
-    add_guest(advice, memory_default="1G", backend=True, trace_note=" (not with --trace)")
+    add_guest(advice, memory_default="1G", trace_note=" (not with --trace)")
     advice.add_argument("--wide", action="store_true", help="every column (the default table fits 80 columns)")
     advice.add_argument("--json-out", metavar=a.FILE, default="privmem-advise.json",
                         help="the saved result (default: %(default)s)")

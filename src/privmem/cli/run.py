@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 
-from ..errors import InvalidArgument
 from . import arguments as a
 from .output import fields, note, progress, resolve_backend
-from .shared import add_backend, add_guest, check_inputs, given_value, naming_file, policy_spec
+from .shared import add_backend, add_guest, check_trace_source, naming_file, policy_spec
 
 RUN_EPILOG = """examples:
   privmem run                                         boot, 1 GiB, never
@@ -20,7 +19,6 @@ RUN_EPILOG = """examples:
 exit status: 0 every check passed; 1 a data, DMA or PSC error; 2 bad input or a
 refused request; 130 Ctrl-C; 143 SIGTERM."""
 # What a trace sets itself: given with --trace, these are refused rather than ignored.
-TRACE_SETS = ("memory", "vcpus", "layout", "scale", "seed")
 
 
 def run_failed(result) -> bool:
@@ -59,15 +57,9 @@ def run_fields(result) -> list[tuple[str, str]]:
 
 
 def cmd_run(args) -> int:
-    from ..runner import compile_trace, open_trace, run_document, run_program
-    from ..workload import generate
+    from ..runner import open_trace, run_document, run_program, workload_program
 
-    if args.trace:
-        given = [name for name in TRACE_SETS if getattr(args, name) is not None]
-        if given:
-            raise InvalidArgument(f"--{given[0]}", given_value(args, given[0]), "a trace sets its own guest and "
-                                  "ops; drop the option, or run a workload with --workload", hex_value=False)
-        check_inputs(args, "trace")
+    check_trace_source(args, " and ops; drop the option, or run a workload with --workload")
     backend = resolve_backend(args.backend, "privmem run")
     with progress("privmem run") as shown, naming_file(args.trace):
         if args.trace:
@@ -77,9 +69,8 @@ def cmd_run(args) -> int:
                 note(f"{args.trace}: {warning}")
         else:
             shown.status(f"generating {args.workload}")
-            trace = generate(args.workload, memory=args.memory or (1 << 30), vcpus=args.vcpus or 1,
-                             seed=args.seed or 0, scale=args.scale or 1.0, layout=args.layout)
-            program, name = compile_trace(trace, args.timing), trace.name
+            program, name = workload_program(args.workload, args.memory, args.vcpus, args.seed, args.scale,
+                                             args.layout, args.timing)
         with program:
             shown.status(f"running {name} ({program.ops:,} ops) under {args.policy} on {backend}")
             result = run_program(program, name, args.policy, backend, tracking=args.tracking,
@@ -130,8 +121,7 @@ def add_parsers(commands) -> None:
     run.add_argument("--policy", type=policy_spec(), metavar="SPEC", default="never",
                      help=f"discard policy {a.braces(POLICIES)}, with parameters if wanted "
                           "(lazy:budget=8M,max_age=20ms) (default: %(default)s)")
-    add_guest(run, memory_default="1G", backend=False, trace_note=" (not with --trace)")
-    add_backend(run)
+    add_guest(run, memory_default="1G", trace_note=" (not with --trace)")
     run.add_argument("--backing", type=a.choice("backing", BACKINGS), metavar=a.braces(BACKINGS),
                      default="two-file", help="two-file: guest_memfd + memfd, the policy decides discards; "
                                               "in-place: one guest_memfd for both views, nothing discarded "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
+from ..errors import InvalidArgument
 from . import arguments as a
 
 
@@ -80,8 +81,6 @@ def policy_spec(field: str = "policy"):
 def policy_names(field: str = "policies"):
     """A comma list of policy specs, each at most once."""
     def parse_value(text: str) -> tuple[str, ...]:
-        from ..errors import InvalidArgument
-
         specs = tuple(check_policy(field, spec) for spec in split_specs(text))
         if not specs:
             raise InvalidArgument(field, text, "an empty list", hex_value=False)
@@ -99,6 +98,21 @@ def check_inputs(args, *fields: str) -> None:
     for field in fields:
         if getattr(args, field, None) is not None:
             check_readable(field.replace("_", "-"), getattr(args, field))
+
+
+TRACE_SETS = ("memory", "vcpus", "layout", "scale", "seed")      # what a trace fixes for itself
+
+
+def check_trace_source(args, instead: str) -> None:
+    """With ``--trace``: refuse an option the trace fixes (never ignore it), naming the fix
+    (``instead``), and check the file is readable, all before any work."""
+    if not args.trace:
+        return
+    given = [name for name in TRACE_SETS if getattr(args, name) is not None]
+    if given:
+        raise InvalidArgument(f"--{given[0]}", given_value(args, given[0]), f"a trace sets its own guest{instead}",
+                              hex_value=False)
+    check_inputs(args, "trace")
 
 
 def given_value(args, name: str) -> str:
