@@ -11,6 +11,7 @@ tables and plots.
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import threading
@@ -38,8 +39,9 @@ def kvm_unusable_reason(path: str = "/dev/kvm") -> str | None:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
-        return f"{path}: {exc.strerror}" + (" (the kvm module is not loaded?)" if exc.errno == 2 else
-                                            " (run as root or join the kvm group)" if exc.errno == 13 else "")
+        return f"{path}: {exc.strerror}" + (" (the kvm module is not loaded?)" if exc.errno == errno.ENOENT else
+                                            " (run as root or join the kvm group)" if exc.errno == errno.EACCES
+                                            else "")
     os.close(fd)
     from .kvm.probe import machine_unsupported_reason
 

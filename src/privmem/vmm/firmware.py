@@ -80,6 +80,14 @@ def ram_spans(memory_map: GuestMemoryMap) -> list[tuple[int, int]]:
     return spans
 
 
+def ram_mappings(memory_map: GuestMemoryMap, shared_bit: int) -> list[paging.Mapping]:
+    """The player's identity map of RAM, then RAM's shared view (at SHARED_VA, reaching the
+    alias at the shared bit)."""
+    spans = ram_spans(memory_map)
+    return ([paging.Mapping(lo, lo, hi - lo) for lo, hi in spans]
+            + [paging.Mapping(SHARED_VA + lo, shared_bit + lo, hi - lo) for lo, hi in spans])
+
+
 @dataclass(frozen=True)
 class FirmwareLayout:
     """Where everything is, for one machine (module docstring).
@@ -98,11 +106,9 @@ class FirmwareLayout:
 
     @classmethod
     def plan(cls, memory_map: GuestMemoryMap, vcpus: int, shared_bit: int, huge_1g: bool) -> "FirmwareLayout":
-        ram = [paging.Mapping(lo, lo, hi - lo) for lo, hi in ram_spans(memory_map)]
-        shared = [paging.Mapping(SHARED_VA + lo, shared_bit + lo, hi - lo) for lo, hi in ram_spans(memory_map)]
         fixed = CODE_SIZE + vcpus * PER_VCPU
         # The firmware's own mapping adds at most a PDPT and a PD (it is far smaller than a GiB).
-        table_pages = paging.count_pages(ram + shared, huge_1g) + 2
+        table_pages = paging.count_pages(ram_mappings(memory_map, shared_bit), huge_1g) + 2
         size = -(-(fixed + table_pages * PAGE_SIZE) // ALIGN) * ALIGN
         layout = cls(shared_bit - size, size, vcpus, shared_bit, table_pages, huge_1g)
         top = -(-memory_map.top // ALIGN) * ALIGN
@@ -144,10 +150,7 @@ class FirmwareLayout:
         return self.va + offset
 
     def mappings(self, memory_map: GuestMemoryMap) -> list[paging.Mapping]:
-        spans = ram_spans(memory_map)
-        return ([paging.Mapping(lo, lo, hi - lo) for lo, hi in spans]
-                + [paging.Mapping(SHARED_VA + lo, self.shared_bit + lo, hi - lo) for lo, hi in spans]
-                + [paging.Mapping(self.va, self.gpa, self.size)])
+        return ram_mappings(memory_map, self.shared_bit) + [paging.Mapping(self.va, self.gpa, self.size)]
 
     def page_tables(self, memory_map: GuestMemoryMap):
         """The table pages to write from ``tables_offset`` on (paging.build)."""
@@ -159,4 +162,4 @@ class FirmwareLayout:
 
 
 __all__ = ["FirmwareLayout", "SHARED_VA", "RECORD_BYTES", "RING_HALF_RECORDS", "RING_RECORDS", "RING_BYTES",
-           "ram_spans"]
+           "ram_mappings", "ram_spans"]

@@ -60,7 +60,7 @@ import msgspec
 
 from ..errors import InvalidArgument, TraceError
 from ..memmap import LAYOUTS, GuestMemoryMap
-from ..ops import TRACE_MAX_VCPUS, OPTIONAL_FIELDS, Op, Trace, check_memory, check_name, check_op_fits, check_vcpus
+from ..ops import OPTIONAL_FIELDS, Op, Trace, check_memory, check_name, check_op_fits, check_vcpus
 from ..units import ADDRESS_LIMIT
 
 FORMAT_VERSION = 1
@@ -548,4 +548,4 @@ def dumps_trace(trace: Trace) -> str:
 
 __all__ = ["END_KEY", "FORMAT_VERSION", "Header", "Lines", "MAX_LINE_BYTES", "TraceReader", "TraceWriter",
            "close_binary", "dumps_trace", "header_dict", "iter_lines", "loads_trace", "open_binary", "parse_header",
-           "parse_op", "read_trace", "write_trace", "TRACE_MAX_VCPUS"]
+           "parse_op", "read_trace", "write_trace"]
