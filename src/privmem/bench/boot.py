@@ -66,25 +66,18 @@ class BenchReport:
         key = (workload, policy, tracking, backing)
         return [r for r in self.runs if (r.workload, r.policy, r.tracking, r.backing) == key]
 
-    def ratio(self, workload: str, policy: str, tracking: str = "store", backing: str = "two-file") -> float | None:
-        run, base = self.best(workload, policy, tracking, backing), self.best(workload, "never")
-        return run.wall_s / base.wall_s if run and base and base.wall_s else None
-
-    def spread(self, workload: str, policy: str, tracking: str = "store", backing: str = "two-file") -> float:
-        """Relative spread of a row's rounds: the noise to read its ratio against."""
-        return rounds.spread(self.runs_of(workload, policy, tracking, backing))
-
     def row(self, workload: str, policy: str, tracking: str = "store", backing: str = "two-file") -> dict | None:
         """The summary row of one (workload, policy, tracking, backing): ``ROW_KEYS``, figures
         of the best round."""
-        run = self.best(workload, policy, tracking, backing)
+        runs = self.runs_of(workload, policy, tracking, backing)
+        run = rounds.best(runs)
         if run is None:
             return None
+        base = self.best(workload, "never")
         return {"workload": workload, "policy": policy, "tracking": tracking, "backing": backing,
-                "rounds": len(self.runs_of(workload, policy, tracking, backing)), "wall_s": run.wall_s,
-                "ratio_to_never": self.ratio(workload, policy, tracking, backing),
-                "spread": self.spread(workload, policy, tracking, backing),
-                **{key: getattr(run, key) for key in FIGURE_KEYS}}
+                "rounds": len(runs), "wall_s": run.wall_s,
+                "ratio_to_never": run.wall_s / base.wall_s if base and base.wall_s else None,
+                "spread": rounds.spread(runs), **{key: getattr(run, key) for key in FIGURE_KEYS}}
 
     def as_json(self, argv: list[str] | None = None) -> dict:
         """The saved result: the envelope, then the summary rows (one per workload, policy and

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..ops import Op
-from ..units import MiB, PAGE_SIZE
+from ..units import MiB, PAGE_SIZE, format_size
 from . import rounds
 
 MEMORY = 1 << 30
@@ -170,7 +170,7 @@ def table(report: ConversionReport):
 
     never = next(d for d in report.designs if d.design == "never")
     rounds_said = f"{never.rounds} round{'s' if never.rounds != 1 else ''}"
-    out = compact(f"privmem bench conversion: a 1 GiB kvm guest, best of {rounds_said}\n"
+    out = compact(f"privmem bench conversion: a {format_size(MEMORY)} kvm guest, best of {rounds_said}\n"
                   f"one page flipped and touched {report.flips:,} times each way, per conversion:",
                   ("design", "round trip\nµs", "vs never\nµs", "VMM\nµs", "vs never\nµs", "spread"),
                   left=("design",))

@@ -44,7 +44,10 @@ def _orjson(orjson, text: bytes, header) -> int:
     return count
 
 
-def run(workload: str = "random", scale: float = 5.0, repeat: int = 3) -> list[ParseResult]:
+REPEAT = 3
+
+
+def run(workload: str = "random", scale: float = 5.0, repeat: int = REPEAT) -> list[ParseResult]:
     trace = generate(workload, memory=64 << 20, vcpus=2, scale=scale)
     text = dumps_trace(trace).encode()
     header = TraceReader(io.BytesIO(text)).header
@@ -69,7 +72,7 @@ def as_json(results):
 def table(results):
     from .tables import compact
 
-    out = compact(f"privmem bench parse: {results[0].ops:,} trace ops, best of 3", ("decoder", "ops/s", "vs stdlib"),
+    out = compact(f"privmem bench parse: {results[0].ops:,} trace ops, best of {REPEAT}", ("decoder", "ops/s", "vs stdlib"),
                   left=("decoder",))
     for r in results:
         out.add_row(r.decoder, f"{r.ops_per_s:,.0f}", f"{r.vs_stdlib:.2f}x")

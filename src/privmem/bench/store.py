@@ -72,8 +72,13 @@ class StoreResult:
     set_all_ms: float | None = None
 
 
+def _bulk(memory: int, pattern: str) -> bool:
+    """A hostile guest too large to build page by page: loaded as a bitmap past its first GiB."""
+    return pattern == "hostile" and memory > PER_PAGE_LIMIT
+
+
 def _structures(memory: int, pattern: str, include_pagemap: bool) -> dict[str, Callable[[], object]]:
-    bulk = pattern == "hostile" and memory > PER_PAGE_LIMIT
+    bulk = _bulk(memory, pattern)
     makers: dict[str, Callable[[], object]] = {"store": MemoryAttributes}
     if not bulk:
         makers["store-v1"] = RunStoreV1
@@ -102,7 +107,7 @@ def _build(store, memory: int, pattern: str, rng: random.Random) -> tuple[float,
     else:
         holes = [(gfn << PAGE_SHIFT, PAGE_SIZE) for gfn in range(1, min(memory, GiB) >> PAGE_SHIFT, 2)]
         rng.shuffle(holes)
-    bulk = pattern == "hostile" and memory > PER_PAGE_LIMIT
+    bulk = _bulk(memory, pattern)
     if bulk:
         store.load_bitmap(GiB, _PRIVATE_EVEN_PAGES * ((memory - GiB) >> (PAGE_SHIFT + 3)), ATTR_PRIVATE)
     start = time.perf_counter()
@@ -202,7 +207,10 @@ def measure(guest: str, memory: int, pattern: str, include_pagemap: bool = True,
         store, structure = row.store, row.structure
         ranges_s = ranges_runs = None
         ranges_scaled = False
-        if structure != "pagemap" or memory <= GiB:  # its ranges() sorts every entry, whatever the window
+        # The per-page map past a GiB: its ranges() sorts every entry whatever the window, and
+        # setting all of it is a dict entry per page (seconds per 64 GiB).
+        timed_whole = structure != "pagemap" or memory <= GiB
+        if timed_whole:
             ranges_s, ranges_runs, ranges_scaled = _time_ranges(store, memory, pattern)
         footprint, entries = store.nbytes, len(store) if structure != "bitmap" else 0
         modelled = []
@@ -210,7 +218,7 @@ def measure(guest: str, memory: int, pattern: str, include_pagemap: bool = True,
             modelled.append(StoreResult("xarray (model)", guest, pattern, memory, xarray_bytes(store.to_bytes()),
                                         store.pages(ATTR_PRIVATE)))
         set_all_ms = None
-        if structure != "pagemap" or memory <= GiB:  # a dict entry per page: seconds per 64 GiB
+        if timed_whole:
             set_all_ms = _once(lambda: store.set(0, memory, ATTR_PRIVATE)) * 1e3
             store.check()
         results += [StoreResult(structure, guest, pattern, memory, footprint, entries, row.build_s, row.build_scaled,
