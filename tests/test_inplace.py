@@ -136,6 +136,23 @@ def test_a_kernel_without_cachestat_refuses_the_conversion_and_changes_nothing(m
     assert not engine.tracker.in_flight()
 
 
+def test_a_failing_native_ioctl_restores_every_view_and_changes_nothing(make):
+    import errno
+
+    from privmem.errors import KvmError
+
+    engine, backing = make(initial_shared=True)
+
+    def refuse(offset, size, attributes):
+        raise KvmError("KVM_SET_MEMORY_ATTRIBUTES2", errno.EAGAIN)
+
+    engine.native = refuse
+    with pytest.raises(KvmError):
+        engine.convert(0, 2 * PAGE, True)
+    assert engine.store.get(0) == 0 and not engine.tracker.in_flight()
+    backing.write(0, b"\x01" * 2 * PAGE)                          # the shared view is back
+
+
 def test_mixed_allocated_and_unallocated_pages(make):
     engine, backing = make(initial_shared=True)
     for page in (0, 2, 4, 6):

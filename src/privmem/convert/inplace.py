@@ -170,17 +170,18 @@ class InPlaceEngine(DeviceAccessRules):
                     zeroed += backing.change_view(offset, length, not to_private, zero)
                     done.append((offset, length))
             if self.native is not None:
-                for gpa, size in changed:
-                    for offset, length in self.memory_map.pieces(gpa, size):
-                        self.native(offset, length, ATTR_PRIVATE if to_private else 0)
-        except SyscallError as exc:
+                for offset, length in done:
+                    self.native(offset, length, ATTR_PRIVATE if to_private else 0)
+        except BaseException as exc:                 # the host's ioctl too: all or nothing
             for offset, length in reversed(done):
                 try:
                     backing.protect(offset, length, shared=to_private)
                 except SyscallError:
                     pass
-            raise Unsupported(f"conversion refused: {exc} (the shared view's protections could not change; "
-                              "too many memory areas? see vm.max_map_count)") from exc
+            if isinstance(exc, SyscallError):
+                raise Unsupported(f"conversion refused: {exc} (the shared view's protections could not change; "
+                                  "too many memory areas? see vm.max_map_count)") from exc
+            raise
         with self._lock:
             self.stats.zeroed_bytes += zeroed
             self.stats.protection_changes += len(done)
