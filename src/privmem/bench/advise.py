@@ -26,6 +26,7 @@ from ..results import document, requested
 from ..runner import RunResult, default_backend, open_trace, run_program, workload_program
 from ..units import GiB, KiB, MiB, PAGE_SIZE, format_size, format_size_exact
 from . import rounds
+from .figures import png
 
 FIXED_POLICIES = ("never", "eager", "keep-shared")
 SWEPT_POLICIES = ("lazy", "adaptive")
@@ -358,38 +359,29 @@ def headline(doc: dict) -> list[str]:
 def plot(doc: dict, path: str) -> None:
     """Time vs never against kernel-measured peak double allocation: every setting, the front
     as a line, the recommendation starred, and the tolerance as a line above never."""
-    import matplotlib
+    with png(path, figsize=(9, 5.5)) as fig:
+        axes = fig.add_subplot()
+        rows = doc["rows"]
+        unit, scale = ("MiB", MiB) if max(row["peak_double_alloc_measured_bytes"] for row in rows) >= MiB else ("KiB", KiB)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        def xy(subset):
+            return [row["peak_double_alloc_measured_bytes"] / scale for row in subset], [row["ratio_to_never"]
+                                                                                          for row in subset]
 
-    fig, axes = plt.subplots(figsize=(9, 5.5))
-    rows = doc["rows"]
-    unit, scale = ("MiB", MiB) if max(row["peak_double_alloc_measured_bytes"] for row in rows) >= MiB else ("KiB", KiB)
-
-    def xy(subset):
-        return [row["peak_double_alloc_measured_bytes"] / scale for row in subset], [row["ratio_to_never"]
-                                                                                      for row in subset]
-
-    for policy in FIXED_POLICIES + SWEPT_POLICIES:
-        axes.scatter(*xy([row for row in rows if row["policy"] == policy]), label=policy, alpha=0.75)
-    by_setting = {row["setting"]: row for row in rows}
-    axes.step(*xy([by_setting[name] for name in doc["front"]]), where="post", color="black", linewidth=0.8,
-              label="Pareto front")
-    chosen = by_setting[doc["recommendation"]["setting"]]
-    axes.scatter(*xy([chosen]), marker="*", s=260, facecolors="none", edgecolors="red", label="recommended")
-    axes.annotate(chosen["setting"], [value[0] for value in xy([chosen])], textcoords="offset points",
-                  xytext=(8, 8), fontsize=8)
-    tolerance = doc["requested"]["tolerance"]
-    axes.axhline(1.0, color="grey", linewidth=0.8)
-    axes.axhline(1.0 + tolerance, color="green", linewidth=0.8, linestyle="--",
-                 label=f"never + {tolerance:.0%}: the recommendation's limit")
-    axes.set_xlabel(f"peak double allocation, kernel-measured ({unit})")
-    axes.set_ylabel("time / time under never")
-    axes.set_title(title(doc), fontsize=9)
-    axes.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110, format="png")   # the path may be a temporary name without .png
-    finally:
-        plt.close(fig)
+        for policy in FIXED_POLICIES + SWEPT_POLICIES:
+            axes.scatter(*xy([row for row in rows if row["policy"] == policy]), label=policy, alpha=0.75)
+        by_setting = {row["setting"]: row for row in rows}
+        axes.step(*xy([by_setting[name] for name in doc["front"]]), where="post", color="black", linewidth=0.8,
+                  label="Pareto front")
+        chosen = by_setting[doc["recommendation"]["setting"]]
+        axes.scatter(*xy([chosen]), marker="*", s=260, facecolors="none", edgecolors="red", label="recommended")
+        axes.annotate(chosen["setting"], [value[0] for value in xy([chosen])], textcoords="offset points",
+                      xytext=(8, 8), fontsize=8)
+        tolerance = doc["requested"]["tolerance"]
+        axes.axhline(1.0, color="grey", linewidth=0.8)
+        axes.axhline(1.0 + tolerance, color="green", linewidth=0.8, linestyle="--",
+                     label=f"never + {tolerance:.0%}: the recommendation's limit")
+        axes.set_xlabel(f"peak double allocation, kernel-measured ({unit})")
+        axes.set_ylabel("time / time under never")
+        axes.set_title(title(doc), fontsize=9)
+        axes.legend(fontsize=8)

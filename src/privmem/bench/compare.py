@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..results import HOST_KEYS
 from ..units import format_size
+from .figures import png
 from .report import blocks_by_workload, label, row_key, short_label
 
 # The settings two results must share to describe the same guest and experiment.
@@ -177,23 +178,14 @@ def summary(comparison: Comparison) -> str:
 
 def plot(comparison: Comparison, path: str) -> None:
     """B/A time per row, with the row's noise as an error bar around it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = comparison.compared
-    fig, axes = plt.subplots(figsize=(max(6.0, 0.55 * len(rows) + 2), 4.8))
-    colours = {WITHIN: "tab:grey", FASTER: "tab:green", SLOWER: "tab:red"}
-    for index, row in enumerate(rows):
-        axes.errorbar(index, row.time_ratio, yerr=row.noise, fmt="o", capsize=4, color=colours[row.verdict])
-    axes.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-    axes.set_xticks(range(len(rows)), [f"{row.key[0]}\n{label(row.a)}" for row in rows], rotation=60, ha="right",
-                    fontsize=8)
-    axes.set_ylabel("time B / time A (bars: noise)")
-    axes.set_title(f"privmem compare: {comparison.within_noise} of {len(rows)} rows within noise")
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110, format="png")   # the path may be a temporary name without .png
-    finally:
-        plt.close(fig)
+    with png(path, figsize=(max(6.0, 0.55 * len(rows) + 2), 4.8)) as fig:
+        axes = fig.add_subplot()
+        colours = {WITHIN: "tab:grey", FASTER: "tab:green", SLOWER: "tab:red"}
+        for index, row in enumerate(rows):
+            axes.errorbar(index, row.time_ratio, yerr=row.noise, fmt="o", capsize=4, color=colours[row.verdict])
+        axes.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        axes.set_xticks(range(len(rows)), [f"{row.key[0]}\n{label(row.a)}" for row in rows], rotation=60, ha="right",
+                        fontsize=8)
+        axes.set_ylabel("time B / time A (bars: noise)")
+        axes.set_title(f"privmem compare: {comparison.within_noise} of {len(rows)} rows within noise")

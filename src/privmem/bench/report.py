@@ -19,6 +19,7 @@ from ..results import HOST_KEYS, SCHEMA, load as load_result, requested
 from ..runner import TIMELINE_KEYS
 from ..units import MiB, format_size
 from .boot import ROW_KEYS, describe
+from .figures import png
 
 FORMATS = ("table", "markdown", "csv", "json")
 # The columns: (header, header in the compact table or None where only --wide shows it,
@@ -356,24 +357,14 @@ def _timeline_panel(axes, doc: dict, group: list[dict]) -> None:
 
 def plot(doc: dict, path: str) -> None:
     """The ratio panel across the top; under it, one timeline panel per workload."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = grouped(doc)
     columns = max(len(groups), 1)
-    fig = plt.figure(figsize=(max(10.0, 5.5 * columns), 9.5))
-    grid = fig.add_gridspec(2, columns)
-    _ratio_panel(fig.add_subplot(grid[0, :]), doc, groups)
-    for index, group in enumerate(groups):
-        _timeline_panel(fig.add_subplot(grid[1, index]), doc, group)
-    fig.suptitle(plot_title(doc), fontsize=10)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110, format="png")   # the path may be a temporary name without .png
-    finally:
-        plt.close(fig)
+    with png(path, figsize=(max(10.0, 5.5 * columns), 9.5)) as fig:
+        grid = fig.add_gridspec(2, columns)
+        _ratio_panel(fig.add_subplot(grid[0, :]), doc, groups)
+        for index, group in enumerate(groups):
+            _timeline_panel(fig.add_subplot(grid[1, index]), doc, group)
+        fig.suptitle(plot_title(doc), fontsize=10)
 
 
 __all__ = ["COLUMNS", "FORMATS", "cells", "csv_text", "headline", "load", "markdown", "plot",
