@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .errors import InvalidArgument
+from .registry import Registry
 from .units import ADDRESS_LIMIT, GiB, MiB, PAGE_SHIFT, PAGE_SIZE, format_size, is_page_aligned
 
 _PAGE_MASK = PAGE_SIZE - 1
@@ -300,15 +301,13 @@ class Layout:
     build: Callable[[int], list[tuple[int, int]]]
 
 
-LAYOUTS: dict[str, Layout] = {}
+LAYOUTS: Registry[Layout] = Registry("layout")
 
 
 def layout(name: str, summary: str):
     """Register ``build(ram) -> [(gpa, size), ...]`` as a named layout."""
     def register(build: Callable[[int], list[tuple[int, int]]]):
-        if name in LAYOUTS:
-            raise ValueError(f"layout {name!r} is already registered")
-        LAYOUTS[name] = Layout(name, summary, build)
+        LAYOUTS.add(name, Layout(name, summary, build))
         return build
     return register
 

@@ -32,10 +32,10 @@ def catalogue(kind: str) -> dict[str, str]:
     if kind == "layouts":
         from ..memmap import LAYOUTS
 
-        return {name: entry.summary for name, entry in LAYOUTS.items()}
+        return dict(LAYOUTS.summaries)
     from ..workload import IMPORTERS
 
-    return {name: entry.summary for name, entry in IMPORTERS.items()}
+    return dict(IMPORTERS.summaries)
 
 
 def policy_summary(entry) -> str:

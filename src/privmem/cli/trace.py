@@ -88,8 +88,8 @@ def add_parsers(commands) -> None:
                                           "a privmem trace", epilog=IMPORT_EPILOG)
     imp.add_argument("--from", dest="source_format", type=a.choice("from", IMPORTERS), required=True,
                      metavar=a.braces(IMPORTERS),
-                     help="the recording's kind: " + "; ".join(f"{name}: {entry.summary}"
-                                                              for name, entry in IMPORTERS.items()))
+                     help="the recording's kind: " + "; ".join(f"{name}: {summary}"
+                                                              for name, summary in IMPORTERS.summaries.items()))
     imp.add_argument("file", metavar=a.FILE, help="the recording (gzip, bzip2 and xz files are read as they are)")
     imp.add_argument("-o", "--output", metavar=a.FILE, required=True, help="the trace to write (atomically)")
     imp.add_argument("--memory", type=a.size("memory", maximum=guest_limits()[0]), metavar=a.SIZE,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ...registry import Registry
 from .events import LineResult
 
 
@@ -20,15 +21,13 @@ class Importer:
     parse: Callable[[str], LineResult]
 
 
-IMPORTERS: dict[str, Importer] = {}
+IMPORTERS: Registry[Importer] = Registry("importer")
 
 
 def importer(name: str, summary: str):
     """Register ``parse(text) -> LineResult`` as the importer ``name``."""
     def register(parse: Callable[[str], LineResult]):
-        if name in IMPORTERS:
-            raise ValueError(f"importer {name!r} is already registered")
-        IMPORTERS[name] = Importer(name, summary, parse)
+        IMPORTERS.add(name, Importer(name, summary, parse))
         return parse
     return register
 
