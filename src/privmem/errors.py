@@ -27,15 +27,6 @@ def shown(value: object, hex_value: bool = False) -> str:
     return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
 
 
-def format_bytes(nbytes: float) -> str:
-    """Human-readable binary size: 1.0 GiB, 32.0 MiB, 512 B (``privmem.units.format_size``;
-    defined here, the bottom layer, so errors can show sizes)."""
-    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(nbytes) >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{int(nbytes)} B"
-
-
 class InvalidArgument(PrivmemError, ValueError):
     """A caller (API, guest, trace file, CLI) passed a value that is not allowed.
 
@@ -44,13 +35,12 @@ class InvalidArgument(PrivmemError, ValueError):
     """
 
     def __init__(self, field: str, value: object, why: str = "invalid", *, hex_value: bool = True,
-                 as_size: bool = False):
+                 shown_as: str | None = None):
         self.field = field
         self.value = value
         self.why = why
-        # ``as_size``: a byte count the user gave as a size, shown back as one (3.0 GiB).
-        text = format_bytes(value) if as_size and isinstance(value, int) else shown(value, hex_value)
-        super().__init__(f"{field}={text}: {why}")
+        # ``shown_as``: the value as the caller says it (a size given as 3G: "3.0 GiB").
+        super().__init__(f"{field}={shown_as if shown_as is not None else shown(value, hex_value)}: {why}")
 
 
 class InvalidState(PrivmemError, RuntimeError):

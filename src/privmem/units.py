@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidArgument, format_bytes
+from .errors import InvalidArgument
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -23,7 +23,6 @@ TiB = 1 << 40
 
 _SUFFIXES = {"": 1, "B": 1, "K": KiB, "KB": KiB, "KIB": KiB, "M": MiB, "MB": MiB, "MIB": MiB,
              "G": GiB, "GB": GiB, "GIB": GiB, "T": TiB, "TB": TiB, "TIB": TiB}
-format_size = format_bytes      # human-readable binary size: 1.0 GiB, 32.0 MiB, 512 B
 _SIZE_RE = re.compile(r"^\s*(0x[0-9a-fA-F]+|\d+)\s*([A-Za-z]*)\s*$")
 
 
@@ -45,6 +44,14 @@ def parse_size(text: str | int, field: str = "size") -> int:
     if not match or match.group(2).upper() not in _SUFFIXES:
         raise InvalidArgument(field, text, "not a size (use e.g. 4096, 64K, 512M, 1G)", hex_value=False)
     return int(match.group(1), 0) * _SUFFIXES[match.group(2).upper()]
+
+
+def format_size(nbytes: float) -> str:
+    """Human-readable binary size: 1.0 GiB, 32.0 MiB, 512 B."""
+    for unit, scale in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if abs(nbytes) >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{int(nbytes)} B"
 
 
 def format_size_exact(nbytes: int) -> str:

@@ -121,7 +121,8 @@ def _pattern(rng: random.Random) -> int:
 def _too_small(name: str, memory: int, vcpus: int, reserved: int, need: int) -> InvalidArgument:
     kept = f", {format_size(reserved)} of it kept by the caller" if reserved else ""
     return InvalidArgument("memory", memory, f"too small for workload {name!r} with {vcpus} vCPU(s){kept}: it "
-                           f"needs at least {format_size(need)} (--memory {format_size_exact(need)})", as_size=True)
+                           f"needs at least {format_size(need)} (--memory {format_size_exact(need)})",
+                           shown_as=format_size(memory))
 
 
 def _merge(per_vcpu_steps: list[list[Step]]) -> list[Op]:
