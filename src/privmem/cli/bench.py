@@ -39,9 +39,15 @@ def cmd_bench(args) -> int:
     doc = report.as_json(args.argv)
     out = console(args.wide)
     bench_report.print_result(out, doc, args.format, wide=args.wide)
-    write_outputs((args.json_out, json_writer(doc)), (args.plot_out, lambda path: bench_report.plot(doc, path)))
-    out.print(f"JSON written to {args.json_out}; plot written to {args.plot_out}", soft_wrap=True)
+    _save(out, args, doc, bench_report.plot)
     return 1 if any(r.data_errors or r.dma_errors for r in report.runs) else 0
+
+
+def _save(out, args, doc: dict, plot) -> None:
+    """The document to ``--json-out`` and ``plot(doc, path)`` to ``--plot-out``, both or
+    neither, then where they went."""
+    write_outputs((args.json_out, json_writer(doc)), (args.plot_out, lambda path: plot(doc, path)))
+    out.print(f"JSON written to {args.json_out}; plot written to {args.plot_out}", soft_wrap=True)
 
 
 def _report(bench, results, args, **settings) -> None:
@@ -138,8 +144,7 @@ def cmd_advise(args) -> int:
     out.print(advise.table(doc, args.wide))
     for line in advise.headline(doc):
         out.print(line)
-    write_outputs((args.json_out, json_writer(doc)), (args.plot_out, lambda path: advise.plot(doc, path)))
-    out.print(f"JSON written to {args.json_out}; plot written to {args.plot_out}", soft_wrap=True)
+    _save(out, args, doc, advise.plot)
     return 1 if any(row["data_errors"] or row["dma_errors"] for row in doc["rows"]) else 0
 
 
