@@ -28,8 +28,9 @@ from pathlib import Path
 from .errors import InvalidArgument
 
 SCHEMA = 1
-# Private memory in a guest_memfd, shared memory in a memfd: the only backing until an
-# in-place one exists.  Every writer records it from here.
+# The default backing (private memory in a guest_memfd, shared in a memfd), recorded as the
+# policies' backing where a writer was not asked for another; a bench's in-place rows say
+# their own backing in each row.
 BACKING = "two-file"
 ENVELOPE_KEYS = ("schema", "kind", "privmem_version", "created", "argv", "host", "requested")
 HOST_KEYS = ("kernel", "kvm_module", "cpu_model", "gpa_width")
